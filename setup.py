@@ -1,0 +1,58 @@
+"""Packaging for telemetry-core."""
+
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+HERE = Path(__file__).parent
+
+
+def read_version() -> str:
+    for line in (HERE / "telemetry_core" / "__init__.py").read_text().splitlines():
+        if line.startswith("__version__"):
+            return line.split("=", 1)[1].strip().strip('"')
+    raise RuntimeError("__version__ not found in telemetry_core/__init__.py")
+
+
+setup(
+    name="telemetry-core",
+    version=read_version(),
+    description="A pluggy-based pipeline that receives, stores, converts, de-duplicates, "
+    "compresses, publishes and reduces browser telemetry submissions.",
+    long_description=(HERE / "README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    license="MPL-2.0",
+    python_requires=">=3.11",
+    packages=find_packages(include=["telemetry_core", "telemetry_core.*"]),
+    include_package_data=True,
+    package_data={"telemetry_core": ["data/*.json", "data/**/*"]},
+    install_requires=[
+        "pluggy>=1.5",
+        "PyYAML>=6.0",
+        "scales>=1.0.9",
+        "six",  # scales imports it without declaring it everywhere
+        "click>=8.1",
+        "requests>=2.31",
+        "boto3>=1.34",
+        "aiohttp>=3.9",
+        "orjson>=3.9",
+    ],
+    extras_require={
+        "zstd": ["zstandard>=0.22"],
+        "redis": ["redis>=5.0"],
+        "spark": ["pyspark>=3.5"],
+        "test": [
+            "pytest>=8",
+            "pytest-cov>=5",
+            "moto[server]>=5",
+            "zstandard>=0.22",
+            "redis>=5.0",
+        ],
+    },
+    entry_points={"console_scripts": ["telemetry = telemetry_core.cli:main"]},
+    classifiers=[
+        "Programming Language :: Python :: 3.11",
+        "License :: OSI Approved :: Mozilla Public License 2.0 (MPL 2.0)",
+        "Framework :: Pluggy",
+    ],
+)

@@ -1,0 +1,296 @@
+"""The ``telemetry`` command line.
+
+Exit codes: 0 success; 1 a command failed (a service died, records failed
+...); 2 bad usage or configuration; 3 a plugin failed to load.  Errors are
+one line on stderr starting with ``error:``.
+"""
+
+from __future__ import annotations
+
+import cProfile
+import functools
+import json
+import logging
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import click
+import yaml
+
+from . import __version__
+from .catalog import hook_descriptions
+from .config import REDACTED
+from .engine import Engine
+from .errors import ConfigError, PluginLoadError, TelemetryError
+from .metrics import add_families, read_snapshots, render_families, write_snapshot
+from .plugins import load_plugins, make_plugin_manager
+from .schema import Schema
+
+log = logging.getLogger(__name__)
+
+EXIT_FAILED, EXIT_CONFIG, EXIT_PLUGIN = 1, 2, 3
+
+
+class TelemetryGroup(click.Group):
+    """The top-level group; plugins' commands are added on first use.
+
+    Commands come from every installed and built-in plugin (YAML selection
+    is not known yet when the command line is parsed); a plugin that fails
+    to load here simply contributes no command; the error shows when a
+    command loads plugins with ``--config``.
+    """
+
+    _plugin_commands_loaded = False
+
+    def _load_plugin_commands(self) -> None:
+        if self._plugin_commands_loaded:
+            return
+        self._plugin_commands_loaded = True
+        pm = make_plugin_manager()
+        logging.getLogger("telemetry_core.plugins").disabled = True
+        try:
+            load_plugins(pm, skip_broken=True)
+        finally:
+            logging.getLogger("telemetry_core.plugins").disabled = False
+        pm.hook.telemetry_register_commands(cli=self)
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        self._load_plugin_commands()
+        return super().list_commands(ctx)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        command = super().get_command(ctx, cmd_name)
+        if command is None:
+            self._load_plugin_commands()
+            command = super().get_command(ctx, cmd_name)
+        return command
+
+
+def config_options(function: Callable[..., Any]) -> Callable[..., Any]:
+    """``--config FILE`` and repeated ``--set dotted.key=value``."""
+    function = click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+                            help="Override a config key (dotted path; the value is parsed as YAML). Repeatable.")(function)
+    return click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
+                        metavar="FILE", help="YAML config (default: built-in defaults).")(function)
+
+
+def profile_option(function: Callable[..., Any]) -> Callable[..., Any]:
+    """``--profile FILE``: write cProfile stats of the command to FILE."""
+    @click.option("--profile", "profile_path", type=click.Path(dir_okay=False), default=None, metavar="FILE",
+                  help="Write cProfile statistics of this command to FILE (read with python -m pstats).")
+    @functools.wraps(function)
+    def wrapper(*args: Any, profile_path: str | None, **kwargs: Any) -> Any:
+        if profile_path is None:
+            return function(*args, **kwargs)
+        profiler = cProfile.Profile()
+        profiler.enable()
+        try:
+            return function(*args, **kwargs)
+        finally:
+            profiler.disable()
+            profiler.dump_stats(profile_path)
+            log.info("profile written to %s", profile_path)
+    return wrapper
+
+
+def fail(message: str, code: int) -> None:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(code)
+
+
+def load_engine(config_path: str | None, overrides: tuple[str, ...]) -> Engine:
+    """Build the engine for a command, turning load errors into one-line exits."""
+    try:
+        return Engine.from_config(config_path, overrides)
+    except PluginLoadError as exc:
+        fail(str(exc), EXIT_PLUGIN)
+    except ConfigError as exc:
+        for line in str(exc).splitlines():
+            click.echo(f"error: {line}", err=True)
+        sys.exit(EXIT_CONFIG)
+    raise AssertionError("unreachable")
+
+
+def finish(engine: Engine, command: str) -> None:
+    """Shutdown hooks, then a metrics snapshot for ``telemetry metrics``."""
+    engine.shutdown(command=command)
+    if engine.config.get("metrics.snapshot"):
+        try:
+            write_snapshot(engine.config.data_dir / "metrics", command)
+        except OSError as exc:
+            log.warning("could not write the metrics snapshot: %s", exc)
+
+
+@click.group(cls=TelemetryGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="telemetry")
+def cli() -> None:
+    """telemetry-core: receive, store, convert, de-duplicate, compress, publish
+    and reduce browser telemetry. Every stage is a family of plugin hooks;
+    plugins.yaml wires them."""
+
+
+@cli.command()
+@config_options
+@click.option("--duration", type=float, default=None, metavar="SECONDS",
+              help="Stop by itself after SECONDS (default: run until SIGTERM/SIGINT).")
+@profile_option
+def run(config_path: str | None, overrides: tuple[str, ...], duration: float | None) -> None:
+    """Run every stage that plugins provide (edge, processor ...) until stopped.
+
+    SIGTERM or SIGINT stops the services in reverse order, letting each
+    finish in-flight work. Exits 1 if a service dies.
+    """
+    engine = load_engine(config_path, overrides)
+    log.info("node %s starting, data in %s", engine.node_id, engine.config.data_dir)
+    engine.startup(command="run")
+    started = []
+    exit_code = 0
+    try:
+        services = engine.services()
+        if not services:
+            log.warning("nothing to run: no installed plugin provides a service for 'telemetry run'")
+            return
+        for service in services:
+            service.start()
+            started.append(service)
+            log.info("started %s", service.name)
+        reason = _wait(started, duration)
+        if reason:
+            log.error("%s; stopping", reason)
+            exit_code = EXIT_FAILED
+    finally:
+        for service in reversed(started):
+            service.stop(timeout=30.0)
+            log.info("stopped %s", service.name)
+        finish(engine, "run")
+    sys.exit(exit_code)
+
+
+def _wait(services: list[Any], duration: float | None) -> str | None:
+    """Block until a signal, the duration, or a failed service; return a failure reason."""
+    stop = threading.Event()
+    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGTERM, signal.SIGINT)}
+    deadline = None if duration is None else time.monotonic() + duration
+    try:
+        while not stop.is_set():
+            for service in services:
+                failure = service.failed()
+                if failure:
+                    return f"service {service.name} failed: {failure}"
+            if deadline is not None and time.monotonic() >= deadline:
+                return None
+            stop.wait(0.2)
+        return None
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+@cli.command()
+@config_options
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def plugins(config_path: str | None, overrides: tuple[str, ...], as_json: bool) -> None:
+    """List plugins: name, where from, distribution and version, hooks implemented."""
+    engine = load_engine(config_path, overrides)
+    rows = [{"name": p.name, "source": p.source, "distribution": p.distribution, "version": p.version,
+             "status": p.status, "error": p.error, "hooks": p.hooks} for p in engine.plugins]
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    for row in rows:
+        origin = f"{row['distribution']} {row['version'] or ''}".strip() if row["distribution"] else "-"
+        click.echo(f"{row['name']}  [{row['source']}, {origin}]  {row['status']}")
+        if row["error"]:
+            click.echo(f"    error: {row['error']}")
+        for hook in row["hooks"]:
+            click.echo(f"    {hook}")
+        if row["status"] == "loaded" and not row["hooks"]:
+            click.echo("    (implements no hooks)")
+
+
+@cli.command()
+@click.option("--stage", type=click.Choice(["lifecycle", "receive", "store", "convert", "dedup",
+                                            "compress", "reduce"]), help="Only this stage's hooks.")
+def hooks(stage: str | None) -> None:
+    """List every hook spec with its arguments and one-line summary."""
+    for hook in hook_descriptions():
+        if stage and hook.stage != stage:
+            continue
+        semantics = "first non-None result wins" if hook.firstresult else "all results collected"
+        click.echo(f"{hook.signature}\n    {hook.summary}  [{semantics}]")
+
+
+@cli.group()
+def config() -> None:
+    """Check or show a configuration."""
+
+
+@config.command("check")
+@config_options
+def config_check(config_path: str | None, overrides: tuple[str, ...]) -> None:
+    """Validate a config (and the schema file it names); exit 2 with every problem listed."""
+    engine = load_engine(config_path, overrides)
+    try:
+        schema = engine.schema
+    except TelemetryError as exc:
+        fail(str(exc), EXIT_CONFIG)
+    click.echo(f"ok: {engine.config.source} is valid ({len(engine.plugins)} plugins, "
+               f"schema dimensions: {', '.join(schema.names)})")
+
+
+@config.command("show")
+@config_options
+@click.option("--format", "fmt", type=click.Choice(["yaml", "json"]), default="yaml", show_default=True)
+def config_show(config_path: str | None, overrides: tuple[str, ...], fmt: str) -> None:
+    """Print the effective config with every default; secrets print as ***."""
+    engine = load_engine(config_path, overrides)
+    data = engine.config.redacted()
+    if fmt == "json":
+        click.echo(json.dumps(data, indent=2, sort_keys=True))
+    else:
+        click.echo(yaml.safe_dump(data, sort_keys=False, default_flow_style=False).rstrip())
+    if engine.config.secret_keys:
+        click.echo(f"# {REDACTED} hides: {', '.join(sorted(engine.config.secret_keys))}", err=True)
+
+
+@cli.command()
+@config_options
+@click.option("--format", "fmt", type=click.Choice(["json", "prometheus"]), default="json", show_default=True)
+@click.option("--command", "command_name", default=None, help="Only the snapshot of this command.")
+def metrics(config_path: str | None, overrides: tuple[str, ...], fmt: str, command_name: str | None) -> None:
+    """Show the metrics snapshots that commands wrote to data_dir/metrics on exit.
+
+    Long-running services serve live metrics at /status and /metrics; this
+    command is for one-shot processes (telemetry process --once, mapreduce).
+    """
+    engine = load_engine(config_path, overrides)
+    directory = engine.config.data_dir / "metrics"
+    documents = [d for d in read_snapshots(directory) if command_name in (None, d.get("command"))]
+    for document in documents:
+        if "error" in document:
+            click.echo(f"warning: {document['error']}", err=True)
+    documents = [d for d in documents if "error" not in d]
+    if not documents:
+        fail(f"no metrics snapshots in {directory}" + (f" for command {command_name!r}" if command_name else ""),
+             EXIT_FAILED)
+    if fmt == "json":
+        click.echo(json.dumps({d["command"]: d for d in documents}, indent=2, sort_keys=True))
+        return
+    families: dict[str, Any] = {}
+    for document in documents:
+        add_families(families, document["stats"], {"command": document["command"]})
+    click.echo(render_families(families), nl=False)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    try:
+        cli(standalone_mode=True)
+    except PluginLoadError as exc:
+        fail(str(exc), EXIT_PLUGIN)
+    except ConfigError as exc:
+        fail(str(exc), EXIT_CONFIG)

@@ -1,0 +1,250 @@
+"""The engine: configuration, plugins and metrics, behind typed methods.
+
+Pipeline code (the edge, the processor, the job runner, the CLI) calls the
+methods of :class:`Engine`, always with keyword arguments; it never touches
+``pm.hook`` or pluggy internals.  Each method states which hook it calls and
+what happens when no plugin answers.
+
+Build one with :meth:`Engine.from_config` (reads YAML, loads plugins in the
+documented order, validates, configures logging, calls
+``telemetry_configure``), or, in tests, from a plugin manager you filled
+yourself with :meth:`Engine.from_plugin_manager`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any, Iterable
+
+import pluggy
+from greplin import scales
+
+from .config import Config, RawConfig, read_config, validate
+from .errors import ConfigError, RecordError
+from .interfaces import (Codec, DedupBackend, Executor, HistogramSpec, InputSource, JobContext, JobSpec,
+                         Publisher, PublishedFile, RecordFilter, Route, Service, SpoolWriter, StoreBatch)
+from .logging_setup import configure_logging, set_node_id
+from .node import resolve_node_id
+from .options import Section
+from .plugins import DEFAULT_PLUGINS, PluginInfo, load_plugins, make_plugin_manager
+from .records import Decision, DedupKey, Record, Rejection, Submission, SubmissionPath
+from .schema import Schema
+
+log = logging.getLogger(__name__)
+
+
+class Engine:
+    """Configuration + plugin manager + metrics; the only door to the hooks.
+
+    ``state`` is a place for plugins' per-run objects, keyed by plugin name
+    (e.g. the Graphite pusher started in ``telemetry_startup``).
+    """
+
+    def __init__(self, pm: pluggy.PluginManager, config: Config, plugins: list[PluginInfo] | None = None) -> None:
+        self._pm = pm
+        self.config = config
+        self.plugins = plugins or []
+        self.state: dict[str, Any] = {}
+        self._node_id: str | None = None
+        self._schema: Schema | None = None
+        self._counts = scales.collection("/convert", scales.IntStat("warnings"), scales.IntDictStat("warning_names"))
+
+    # ------------------------------------------------------------------ construction
+
+    @classmethod
+    def from_config(cls, path: str | os.PathLike[str] | None, overrides: Iterable[str] = (), *,
+                    entry_points: bool = True, builtins: Iterable[str] = DEFAULT_PLUGINS,
+                    configure_logs: bool = True) -> "Engine":
+        """Read ``path`` (``None`` = defaults) with ``--set`` overrides, load plugins, validate,
+        configure logging and call ``telemetry_configure``."""
+        raw = read_config(path, overrides)
+        disabled, load, skip_broken = raw.plugin_selection()
+        pm = make_plugin_manager()
+        infos = load_plugins(pm, disabled=disabled, load=load, skip_broken=skip_broken,
+                             entry_points=entry_points, builtins=builtins)
+        return cls.from_plugin_manager(pm, raw, plugins=infos, disabled=disabled, configure_logs=configure_logs)
+
+    @classmethod
+    def from_plugin_manager(cls, pm: pluggy.PluginManager, raw: RawConfig | None = None, *,
+                            plugins: list[PluginInfo] | None = None, disabled: Iterable[str] = (),
+                            configure_logs: bool = False) -> "Engine":
+        """Validate ``raw`` (default: no file) against the core schema and the sections
+        the registered plugins declare, then configure."""
+        raw = raw or read_config(None)
+        sections: dict[str, Section] = {}
+        for declared in pm.hook.telemetry_config_schema():
+            for name, section in (declared or {}).items():
+                if name in sections:
+                    raise ConfigError(f"two plugins declare the config section plugins.{name}")
+                sections[name] = section
+        config = validate(raw, sections, disabled)
+        engine = cls(pm, config, plugins)
+        if configure_logs:
+            configure_logging(config["logging"], config.source)
+        pm.hook.telemetry_configure(config=config)
+        return engine
+
+    # ------------------------------------------------------------------ node facts
+
+    @property
+    def node_id(self) -> str:
+        """This node's id (resolving ``auto`` creates ``data_dir/node_id`` on first use)."""
+        if self._node_id is None:
+            self._node_id = resolve_node_id(self.config["node_id"], self.config.data_dir)
+            set_node_id(self._node_id)
+        return self._node_id
+
+    @property
+    def schema(self) -> Schema:
+        """The dimension schema named by ``schema`` (or the packaged one)."""
+        if self._schema is None:
+            self._schema = Schema.load(self.config["schema"])
+        return self._schema
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def startup(self, *, command: str) -> None:
+        """``telemetry_startup``: every implementation is called."""
+        self._pm.hook.telemetry_startup(engine=self, command=command)
+
+    def services(self) -> list[Service]:
+        """``telemetry_services``: every service contributed by any plugin."""
+        return [service for batch in self._pm.hook.telemetry_services(engine=self) for service in batch or ()]
+
+    def shutdown(self, *, command: str) -> list[BaseException]:
+        """``telemetry_shutdown``: every implementation is called even if some raise;
+        returns the exceptions raised (each is logged)."""
+        failures: list[BaseException] = []
+        caller = self._pm.hook.telemetry_shutdown
+        for impl in reversed(caller.get_hookimpls()):
+            others = [p for p in self._pm.get_plugins() if p is not impl.plugin]
+            try:
+                self._pm.subset_hook_caller("telemetry_shutdown", remove_plugins=others)(
+                    engine=self, command=command)
+            except Exception as exc:  # noqa: BLE001 - reported, and the others still run
+                log.error("plugin %s failed during shutdown: %s", impl.plugin_name, exc)
+                failures.append(exc)
+        return failures
+
+    def register_commands(self, *, cli: Any) -> None:
+        """``telemetry_register_commands``: every plugin may add commands to ``cli``."""
+        self._pm.hook.telemetry_register_commands(cli=cli)
+
+    # ------------------------------------------------------------------ receive
+
+    def receive_routes(self) -> list[Route]:
+        return [route for batch in self._pm.hook.telemetry_receive_routes(engine=self) for route in batch or ()]
+
+    def parse_path(self, *, path: str) -> SubmissionPath | Rejection:
+        """``telemetry_receive_parse_path``; no answer at all is a 404-style rejection."""
+        result = self._pm.hook.telemetry_receive_parse_path(path=path)
+        return result if result is not None else Rejection(404, "unknown_path", "no plugin accepts this path")
+
+    def enrich(self, *, submission: Submission) -> None:
+        self._pm.hook.telemetry_receive_enrich(submission=submission)
+
+    def validate_submission(self, *, submission: Submission) -> Rejection | None:
+        """``telemetry_receive_validate``: the first rejection, or ``None`` to accept."""
+        rejections = self._pm.hook.telemetry_receive_validate(submission=submission)
+        return rejections[0] if rejections else None
+
+    def accepted(self, *, submission: Submission) -> None:
+        self._pm.hook.telemetry_receive_accepted(submission=submission)
+
+    # ------------------------------------------------------------------ store
+
+    def spool_writer(self, *, worker: int) -> SpoolWriter:
+        writer = self._pm.hook.telemetry_store_spool_writer(engine=self, worker=worker)
+        if writer is None:
+            raise ConfigError("no installed plugin provides a spool writer (telemetry_store_spool_writer)")
+        return writer
+
+    def partition(self, *, record: Record) -> str:
+        path = self._pm.hook.telemetry_store_partition(record=record, schema=self.schema, node_id=self.node_id)
+        if path is None:
+            raise RecordError("write_failed", "no plugin chose a store partition for the record")
+        return path
+
+    def store_record(self, *, record: Record, partition: str, batch: StoreBatch) -> None:
+        self._pm.hook.telemetry_store_record(record=record, partition=partition, batch=batch)
+
+    def store_invalid(self, *, record: Record, error: RecordError, batch: StoreBatch) -> None:
+        self._pm.hook.telemetry_store_invalid(record=record, error=error, batch=batch)
+
+    def publisher(self) -> Publisher:
+        publisher = self._pm.hook.telemetry_store_publisher(engine=self)
+        if publisher is None:
+            backend = self.config.get("store.publish.backend")
+            raise ConfigError(f"no installed plugin provides publish backend {backend!r}",
+                              source=self.config.source, key="store.publish.backend")
+        return publisher
+
+    def published(self, *, published: PublishedFile) -> None:
+        self._pm.hook.telemetry_store_published(published=published)
+
+    # ------------------------------------------------------------------ convert
+
+    def histogram_spec(self, *, revision: str | None, info: dict[str, Any]) -> HistogramSpec | None:
+        return self._pm.hook.telemetry_convert_histogram_spec(revision=revision, info=info)
+
+    def addon_histograms(self, *, addon_id: str) -> dict[str, dict[str, Any]] | None:
+        return self._pm.hook.telemetry_convert_addon_histograms(addon_id=addon_id)
+
+    def convert_payload(self, *, record: Record, spec: HistogramSpec | None) -> list[str]:
+        """``telemetry_convert_payload``: returns every warning name (each is counted
+        under ``/convert/warnings`` and ``/convert/warning_names/<name>``)."""
+        warnings = [name for batch in self._pm.hook.telemetry_convert_payload(record=record, spec=spec)
+                    for name in batch or ()]
+        if warnings:
+            self._counts.warnings += len(warnings)
+            for name in warnings:
+                self._counts.warning_names[name] += 1
+        return warnings
+
+    # ------------------------------------------------------------------ dedup
+
+    def dedup_backend(self) -> DedupBackend:
+        backend = self._pm.hook.telemetry_dedup_backend(engine=self)
+        if backend is None:
+            name = self.config.get("dedup.backend")
+            raise ConfigError(f"no installed plugin provides dedup backend {name!r}",
+                              source=self.config.source, key="dedup.backend")
+        return backend
+
+    def dedup_key(self, *, record: Record) -> DedupKey | None:
+        return self._pm.hook.telemetry_dedup_key(record=record)
+
+    def dedup_decided(self, *, record: Record, decision: Decision) -> None:
+        self._pm.hook.telemetry_dedup_decided(record=record, decision=decision)
+
+    # ------------------------------------------------------------------ compress
+
+    def codec(self, *, name: str) -> Codec:
+        """``telemetry_compress_codec``; an unknown name is a :class:`ConfigError`."""
+        codec = self._pm.hook.telemetry_compress_codec(name=name)
+        if codec is None:
+            raise ConfigError(f"no installed plugin provides codec {name!r} (built in: xz, gzip, zstd)",
+                              source=self.config.source, key="compress.codec")
+        return codec
+
+    # ------------------------------------------------------------------ reduce
+
+    def executor(self, *, name: str) -> Executor:
+        executor = self._pm.hook.telemetry_reduce_executor(name=name, engine=self)
+        if executor is None:
+            raise ConfigError(f"no installed plugin provides executor {name!r}", key="reduce.executor")
+        return executor
+
+    def reduce_input(self, *, uri: str) -> InputSource:
+        source = self._pm.hook.telemetry_reduce_input(uri=uri, engine=self)
+        if source is None:
+            raise ConfigError(f"no installed plugin reads input {uri!r}")
+        return source
+
+    def record_filters(self, *, job: JobSpec) -> list[RecordFilter]:
+        return [f for batch in self._pm.hook.telemetry_reduce_record_filters(job=job, engine=self)
+                for f in batch or ()]
+
+    def reduce_context(self, *, context: JobContext, job: JobSpec) -> None:
+        self._pm.hook.telemetry_reduce_context(context=context, job=job)
