@@ -44,6 +44,7 @@ setup(
         "test": [
             "pytest>=8",
             "pytest-cov>=5",
+            "wheel",  # tests pip-install example plugins without build isolation
             "moto[server]>=5",
             "zstandard>=0.22",
             "redis>=5.0",

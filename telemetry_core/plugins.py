@@ -78,7 +78,8 @@ def load_plugins(pm: pluggy.PluginManager, *, disabled: Iterable[str] = (), load
                  builtins: Iterable[str] = DEFAULT_PLUGINS) -> list[PluginInfo]:
     """Load every plugin in the documented order and return what happened to each."""
     disabled = list(dict.fromkeys(disabled))
-    loader = _Loader(pm, set(disabled), skip_broken)
+    builtins = tuple(builtins)
+    loader = _Loader(pm, set(disabled), skip_broken, reserved=set(builtins))
     for name in disabled:
         pm.set_blocked(name)
     if entry_points:
@@ -100,8 +101,10 @@ def load_plugins(pm: pluggy.PluginManager, *, disabled: Iterable[str] = (), load
 
 
 class _Loader:
-    def __init__(self, pm: pluggy.PluginManager, disabled: set[str], skip_broken: bool) -> None:
+    def __init__(self, pm: pluggy.PluginManager, disabled: set[str], skip_broken: bool,
+                 reserved: set[str]) -> None:
         self.pm = pm
+        self.reserved = reserved
         self.disabled = disabled
         self.skip_broken = skip_broken
         self.infos: list[PluginInfo] = []
@@ -112,6 +115,9 @@ class _Loader:
         info = PluginInfo(entry_point.name, "entrypoint", dist.name if dist else None,
                           dist.version if dist else None)
         if self._skip_disabled(info):
+            return
+        if info.name in self.reserved:
+            self._broken(info, "the name is taken by a built-in plugin; rename the entry point")
             return
         try:
             plugin = entry_point.load()
@@ -155,6 +161,10 @@ class _Loader:
         return False
 
     def _register(self, info: PluginInfo, plugin: Any) -> None:
+        if self.pm.has_plugin(info.name) or self.pm.is_registered(plugin):
+            self._broken(info, f"another plugin is already registered under the name {info.name!r} "
+                               f"(or this object is registered twice)")
+            return
         try:
             self.pm.register(plugin, name=info.name)
         except Exception as exc:  # noqa: BLE001 - PluginValidationError, ValueError (name taken) ...
@@ -165,11 +175,11 @@ class _Loader:
         self.infos.append(info)
         self.stats.loaded += 1
 
-    def _broken(self, info: PluginInfo, exc: BaseException) -> None:
+    def _broken(self, info: PluginInfo, exc: BaseException | str) -> None:
         distribution = f"{info.distribution} {info.version}".strip() if info.distribution else None
         error = PluginLoadError(info.name, distribution, exc)
         if not self.skip_broken:
-            raise error from exc
+            raise error from (exc if isinstance(exc, BaseException) else None)
         log.error("%s; skipped because plugins.skip_broken is true", error)
         info.status, info.error = "broken", str(error)
         self.infos.append(info)

@@ -1,0 +1,207 @@
+"""The telemetry command line, run as a user runs it."""
+
+from __future__ import annotations
+
+import json
+import os
+import pstats
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from telemetry_core.catalog import hook_descriptions
+from telemetry_core.cli import cli
+
+from plugin_dists import make_dist
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def run_cli(args, env=None, timeout=60, **kwargs):
+    command = [str(Path(sys.executable).parent / "telemetry"), *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **(env or {})}, **kwargs)
+
+
+@pytest.fixture
+def config(tmp_path):
+    path = tmp_path / "plugins.yaml"
+    path.write_text(f"data_dir: {tmp_path / 'data'}\nnode_id: test-node\n")
+    return path
+
+
+SERVICE_PLUGIN = """
+    import threading, time
+    from pathlib import Path
+    from telemetry_core import hookimpl
+
+    class Beacon:
+        name = "beacon"
+        def __init__(self, path, crash):
+            self.path, self.crash, self.stopped = Path(path), crash, False
+        def start(self):
+            self.started = time.monotonic()
+            self.path.write_text("started\\n")
+        def stop(self, timeout):
+            self.path.write_text(self.path.read_text() + "stopped\\n")
+        def failed(self):
+            if self.crash and time.monotonic() - self.started > 0.3:
+                return "beacon lost its light"
+            return None
+
+    @hookimpl
+    def telemetry_services(engine):
+        import os
+        return [Beacon(os.environ["BEACON_FILE"], os.environ.get("BEACON_CRASH") == "1")]
+"""
+
+
+def service_site(tmp_path):
+    return make_dist(tmp_path / "site", "telemetry-beacon", "tp_beacon", SERVICE_PLUGIN, {"beacon": "tp_beacon"})
+
+
+def test_help_of_every_command_is_useful():
+    runner = CliRunner()
+    for command in (["--help"], ["run", "--help"], ["plugins", "--help"], ["hooks", "--help"],
+                    ["config", "check", "--help"], ["config", "show", "--help"], ["metrics", "--help"]):
+        result = runner.invoke(cli, command)
+        assert result.exit_code == 0, command
+        assert "Usage:" in result.output and len(result.output.splitlines()) > 4
+
+
+def test_hooks_lists_every_spec_with_its_summary():
+    result = CliRunner().invoke(cli, ["hooks"])
+    for hook in hook_descriptions():
+        assert hook.signature in result.output
+        assert hook.summary in result.output
+    only = CliRunner().invoke(cli, ["hooks", "--stage", "compress"]).output
+    assert "telemetry_compress_codec(name)" in only and "telemetry_receive" not in only
+
+
+def test_plugins_lists_the_builtins(config):
+    result = run_cli(["plugins", "--config", str(config)])
+    assert result.returncode == 0, result.stderr
+    assert "telemetry_core.codecs  [builtin, telemetry-core 0.1.0]  loaded" in result.stdout
+    assert "    telemetry_compress_codec" in result.stdout
+    rows = json.loads(run_cli(["plugins", "--config", str(config), "--json"]).stdout)
+    assert {"telemetry_core.codecs", "telemetry_core.graphite"} <= {row["name"] for row in rows}
+
+
+def test_config_check_ok_and_failing(config, tmp_path):
+    result = run_cli(["config", "check", "--config", str(config)])
+    assert result.returncode == 0 and result.stdout.startswith(f"ok: {config} is valid")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("receive:\n  port: high\ncompress:\n  codec: 7\n")
+    result = run_cli(["config", "check", "--config", str(bad)])
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        f"error: {bad}: receive.port: has type string (expected an integer from 0 to 65535)",
+        f"error: {bad}: compress.codec: has type integer (expected a string matching [a-z][a-z0-9_]*)",
+    ]
+    assert "Traceback" not in result.stderr
+
+
+def test_config_check_reports_a_broken_schema_file(tmp_path):
+    schema = tmp_path / "schema.json"
+    schema.write_text('{"version": 1, "dimensions": [{"field_name": "x", "allowed_values": 5}]}')
+    config = tmp_path / "c.yaml"
+    config.write_text(f"schema: {schema}\ndata_dir: {tmp_path}\n")
+    result = run_cli(["config", "check", "--config", str(config)])
+    assert result.returncode == 2 and "allowed_values must be" in result.stderr
+
+
+def test_config_check_missing_file():
+    result = run_cli(["config", "check", "--config", "/nonexistent/plugins.yaml"])
+    assert result.returncode == 2
+    assert result.stderr == "error: /nonexistent/plugins.yaml: config file not found; pass an existing file to --config\n"
+
+
+def test_config_show_prints_defaults_and_hides_secrets(config):
+    result = run_cli(["config", "show", "--config", str(config), "--set", "dedup.redis_url=${URL}"],
+                     env={"URL": "redis://:sekrit@db:6379/0"})
+    assert result.returncode == 0, result.stderr
+    shown = yaml.safe_load(result.stdout)
+    assert shown["dedup"]["redis_url"] == "***"
+    assert shown["receive"] == {"host": "127.0.0.1", "port": 8080, "workers": "auto"}
+    assert "sekrit" not in result.stdout + result.stderr
+    as_json = json.loads(run_cli(["config", "show", "--config", str(config), "--format", "json"]).stdout)
+    assert as_json["compress"] == {"codec": "xz", "level": 0}
+
+
+def test_broken_plugin_stops_a_command_with_one_line(tmp_path, config):
+    site = make_dist(tmp_path / "site", "telemetry-broken", "tp_broken_cli", "import nope_nope\n",
+                     {"broken": "tp_broken_cli"}, "0.9")
+    result = run_cli(["plugins", "--config", str(config)], env={"PYTHONPATH": str(site)})
+    assert result.returncode == 3
+    assert result.stderr == ("error: plugin 'broken' (distribution telemetry-broken 0.9) failed to load: "
+                             "ModuleNotFoundError: No module named 'nope_nope'\n")
+    skipped = run_cli(["plugins", "--config", str(config), "--set", "plugins.skip_broken=true"],
+                      env={"PYTHONPATH": str(site)})
+    assert skipped.returncode == 0
+    assert "broken  [entrypoint, telemetry-broken 0.9]  broken" in skipped.stdout
+
+
+def test_run_starts_and_stops_services_on_sigterm(tmp_path, config):
+    beacon = tmp_path / "beacon.txt"
+    env = {"PYTHONPATH": str(service_site(tmp_path)), "BEACON_FILE": str(beacon)}
+    process = subprocess.Popen([str(Path(sys.executable).parent / "telemetry"), "run", "--config", str(config)],
+                               env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 30
+    while not beacon.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert beacon.read_text() == "started\n"
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=30)
+    assert process.returncode == 0, stderr
+    assert beacon.read_text() == "started\nstopped\n"
+    assert "started beacon" in stderr and "stopped beacon" in stderr
+    assert "[test-node]" in stderr  # the default log format carries the node id
+
+
+def test_run_exits_non_zero_when_a_service_dies(tmp_path, config):
+    beacon = tmp_path / "beacon.txt"
+    env = {"PYTHONPATH": str(service_site(tmp_path)), "BEACON_FILE": str(beacon), "BEACON_CRASH": "1"}
+    result = run_cli(["run", "--config", str(config)], env=env)
+    assert result.returncode == 1
+    assert "service beacon failed: beacon lost its light; stopping" in result.stderr
+    assert beacon.read_text() == "started\nstopped\n"
+
+
+def test_run_with_duration_profile_and_metrics_snapshot(tmp_path, config):
+    beacon = tmp_path / "beacon.txt"
+    profile = tmp_path / "run.prof"
+    env = {"PYTHONPATH": str(service_site(tmp_path)), "BEACON_FILE": str(beacon)}
+    result = run_cli(["run", "--config", str(config), "--duration", "0.5", "--profile", str(profile)], env=env)
+    assert result.returncode == 0, result.stderr
+    assert pstats.Stats(str(profile)).total_calls > 0
+    shown = run_cli(["metrics", "--config", str(config)])
+    document = json.loads(shown.stdout)["run"]
+    assert document["stats"]["hooks"]["telemetry_services"]["calls"] == 1
+    prometheus = run_cli(["metrics", "--config", str(config), "--format", "prometheus"]).stdout
+    assert 'telemetry_hook_calls_total{command="run",hook="telemetry_services"} 1' in prometheus
+
+
+def test_run_with_no_services_says_so(config):
+    result = run_cli(["run", "--config", str(config), "--duration", "5"])
+    assert result.returncode == 0
+    assert "nothing to run" in result.stderr
+
+
+def test_metrics_without_snapshots(config):
+    result = run_cli(["metrics", "--config", str(config)])
+    assert result.returncode == 1 and "no metrics snapshots" in result.stderr
+
+
+def test_version():
+    assert run_cli(["--version"]).stdout.strip() == "telemetry, version 0.1.0"
+
+
+def test_unknown_command_is_a_usage_error():
+    result = run_cli(["frobnicate"])
+    assert result.returncode == 2 and "No such command 'frobnicate'" in result.stderr

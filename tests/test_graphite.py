@@ -1,0 +1,83 @@
+"""The Graphite pusher against a real TCP listener."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+
+import pytest
+
+import telemetry_core.graphite as graphite
+from telemetry_core.metrics import snapshot
+
+
+class Carbon:
+    """A plaintext-protocol listener that records every line it receives."""
+
+    def __init__(self):
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.port = self.server.getsockname()[1]
+        self.lines: list[str] = []
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self):
+        while True:
+            try:
+                connection, _ = self.server.accept()
+            except OSError:
+                return
+            with connection:
+                data = b""
+                while chunk := connection.recv(65536):
+                    data += chunk
+                self.lines.extend(data.decode().splitlines())
+
+    def close(self):
+        self.server.close()
+
+
+@pytest.fixture
+def carbon():
+    server = Carbon()
+    yield server
+    server.close()
+
+
+def test_pushes_periodically_and_at_shutdown(pm, make_engine, carbon):
+    pm.register(graphite)
+    engine = make_engine(**{"metrics.graphite.port": carbon.port, "metrics.graphite.interval": 0.2,
+                            "metrics.graphite.prefix": "tele", "node_id": "n.1"})
+    engine.startup(command="serve")
+    deadline = time.monotonic() + 10
+    while not carbon.lines and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert carbon.lines, "no periodic push arrived"
+    engine.shutdown(command="serve")
+    time.sleep(0.2)
+    startup = [line for line in carbon.lines if line.startswith("tele.n_1.hooks.telemetry_startup.calls ")]
+    assert startup, carbon.lines[:5]
+    path, value, stamp = startup[-1].split(" ")
+    assert float(value) == 1.0 and abs(int(stamp) - time.time()) < 60
+    assert snapshot()["graphite"]["pushes"] >= 2
+
+
+def test_unreachable_graphite_is_a_warning_not_a_failure(pm, make_engine, caplog):
+    closed = socket.create_server(("127.0.0.1", 0))
+    port = closed.getsockname()[1]
+    closed.close()
+    pm.register(graphite)
+    engine = make_engine(**{"metrics.graphite.port": port, "metrics.graphite.interval": 60})
+    engine.startup(command="process")
+    engine.shutdown(command="process")
+    assert "could not push metrics to graphite" in caplog.text
+    assert snapshot()["graphite"]["failures"] == 1
+
+
+def test_off_by_default(pm, make_engine):
+    pm.register(graphite)
+    engine = make_engine()
+    engine.startup(command="run")
+    assert graphite.__name__ not in engine.state
+    engine.shutdown(command="run")

@@ -1,0 +1,81 @@
+"""The dimension schema: loading, errors, OTHER/UNKNOWN, and path safety."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from telemetry_core.schema import OTHER, UNKNOWN, Schema, SchemaError, safe_component
+
+FIXTURES = Path(__file__).parent / "fixtures"
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_shipped_schema_has_the_original_dimension_order():
+    for schema in (Schema.load(REPO / "telemetry_schema.json"), Schema.load()):
+        assert schema.names == ("reason", "appName", "appUpdateChannel", "appVersion", "appBuildID",
+                                "submission_date")
+
+
+@pytest.mark.parametrize("fixture", sorted(p.name for p in FIXTURES.glob("schema__*.json")))
+def test_every_original_schema_loads(fixture):
+    assert Schema.load(FIXTURES / fixture).names
+
+
+def test_values_outside_the_allowed_list_become_other():
+    schema = Schema.load()
+    values = schema.apply({"reason": "idle-daily", "appName": "Netscape", "appUpdateChannel": "release",
+                           "appVersion": "23.0.1", "appBuildID": "20130814063812"})
+    assert values == ("idle-daily", OTHER, "release", "23.0.1", "20130814063812", UNKNOWN)
+
+
+def test_numeric_ranges():
+    schema = Schema.load(FIXTURES / "schema__cpp_worker_test_telemetry_schema.json")
+    assert schema.dimensions[-1].apply(450) == "450"
+    assert schema.dimensions[-1].apply("499") == "499"
+    assert schema.dimensions[-1].apply(501) == OTHER
+    assert schema.dimensions[-1].apply("lots") == OTHER
+    assert schema.dimensions[-1].apply(True) == OTHER
+
+
+@pytest.mark.parametrize("hostile", ["..", ".", "../../etc", "a/b", "a\\b", "nul\0byte", "tab\there", "\n",
+                                     "x" * 1000, "é"])
+def test_hostile_values_cannot_escape_the_store(hostile):
+    component = Schema.load().dimensions[3].apply(hostile)  # appVersion allows "*"
+    assert "/" not in component and "\\" not in component and "\0" not in component
+    assert component not in (".", "..") and len(component) <= 100
+    assert component == safe_component(hostile)
+
+
+@pytest.mark.parametrize("document,message", [
+    ([], "must be a JSON object"),
+    ({"version": 2, "dimensions": []}, "unsupported schema version"),
+    ({"version": 1, "dimensions": {}}, "'dimensions' must be a list"),
+    ({"version": 1, "dimensions": []}, "at least one dimension"),
+    ({"version": 1, "dimensions": ["reason"]}, "must be an object"),
+    ({"version": 1, "dimensions": [{"field_name": "../x", "allowed_values": "*"}]}, "must be an identifier"),
+    ({"version": 1, "dimensions": [{"field_name": "a", "allowed_values": []}]}, "allowed_values must be"),
+    ({"version": 1, "dimensions": [{"field_name": "a", "allowed_values": {"min": 5, "max": 1}}]}, "min <= max"),
+    ({"version": 1, "dimensions": [{"field_name": "a", "allowed_values": "*"},
+                                   {"field_name": "a", "allowed_values": "*"}]}, "duplicate field_name"),
+])
+def test_malformed_schemas(tmp_path, document, message):
+    path = tmp_path / "schema.json"
+    path.write_text(json.dumps(document))
+    with pytest.raises(SchemaError, match=message):
+        Schema.load(path)
+
+
+def test_unreadable_and_invalid_files(tmp_path):
+    with pytest.raises(SchemaError, match="cannot read schema"):
+        Schema.load(tmp_path / "missing.json")
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"version": 1,')
+    with pytest.raises(SchemaError, match="not valid JSON"):
+        Schema.load(bad)
+    huge = tmp_path / "huge.json"
+    huge.write_bytes(b" " * (2 << 20))
+    with pytest.raises(SchemaError, match="larger than"):
+        Schema.load(huge)
