@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import IO, Any, Callable, Iterable, Iterator, Protocol, runtime_checkable
 
-from .records import Decision, DedupKey, Submission
+from .records import Decision, DedupKey
 
 
 @runtime_checkable
@@ -45,11 +45,22 @@ class Route:
 
 
 class SpoolWriter(Protocol):
-    """Appends accepted submissions to the raw spool, durably per its fsync policy."""
+    """Appends accepted submissions to the raw spool, durably per its fsync policy.
 
-    def append(self, submission: Submission) -> None: ...
+    ``append`` returns once the record is written as its fsync policy
+    promises (the edge acknowledges only then) and returns the bytes
+    written; ``poll`` rotates a file that is too old (the edge calls it
+    about once a second) and returns the path of a file it finished, if
+    any; ``close`` finishes the current file.  The built-in is
+    :class:`telemetry_core.spool.SpoolWriter`.
+    """
 
-    def close(self) -> None: ...
+    def append(self, path: str, body: bytes, *, client_addr: str | None = None,
+               timestamp_ms: int | None = None) -> int: ...
+
+    def poll(self) -> Any: ...
+
+    def close(self) -> Any: ...
 
 
 class Codec(Protocol):

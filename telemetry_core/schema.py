@@ -10,8 +10,8 @@ Format (the original telemetry-server's)::
 
 A value outside a dimension's allowed list (or range) becomes ``OTHER``; a
 missing value becomes ``UNKNOWN``; characters that are not safe in a file
-name become ``_``, so a dimension value can never name a path outside the
-store.
+name become ``_`` and a leading ``_`` becomes ``-``, so a dimension value can
+never name a path outside the store nor one of the reserved ``_*`` areas.
 """
 
 from __future__ import annotations
@@ -71,10 +71,15 @@ def _number(value: Any) -> float | None:
 
 
 def safe_component(text: str) -> str:
-    """Make ``text`` safe as one file-name component (no separators, no dot names)."""
+    """Make ``text`` safe as one file-name component: no separators, no dot
+    names, and no leading ``_`` (names starting with ``_`` are reserved for
+    the system's own top-level areas, such as ``_invalid/`` and ``_ledger/``
+    in the archive, so a dimension value can never collide with them)."""
     cleaned = _UNSAFE.sub("_", text)[:MAX_VALUE_LENGTH]
     if cleaned in ("", ".", ".."):
         return UNKNOWN
+    if cleaned[0] == "_":
+        cleaned = "-" + cleaned[1:]
     return cleaned
 
 

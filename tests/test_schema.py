@@ -41,11 +41,12 @@ def test_numeric_ranges():
 
 
 @pytest.mark.parametrize("hostile", ["..", ".", "../../etc", "a/b", "a\\b", "nul\0byte", "tab\there", "\n",
-                                     "x" * 1000, "é"])
+                                     "x" * 1000, "é", "_invalid", "_ledger"])
 def test_hostile_values_cannot_escape_the_store(hostile):
     component = Schema.load().dimensions[3].apply(hostile)  # appVersion allows "*"
     assert "/" not in component and "\\" not in component and "\0" not in component
     assert component not in (".", "..") and len(component) <= 100
+    assert not component.startswith("_")  # reserved for the system's own areas
     assert component == safe_component(hostile)
 
 
