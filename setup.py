@@ -40,7 +40,7 @@ setup(
     extras_require={
         "zstd": ["zstandard>=0.22"],
         "redis": ["redis>=5.0"],
-        "spark": ["pyspark>=3.5"],
+        "spark": ["pyspark>=3.5,<3.6"],  # tested with 3.5.9 on Java 17
         "test": [
             "pytest>=8",
             "pytest-cov>=5",
@@ -48,6 +48,7 @@ setup(
             "moto[server]>=5",
             "zstandard>=0.22",
             "redis>=5.0",
+            "pyspark>=3.5,<3.6",
         ],
     },
     entry_points={"console_scripts": ["telemetry = telemetry_core.cli:main"]},

@@ -294,3 +294,5 @@ def main() -> None:
         fail(str(exc), EXIT_PLUGIN)
     except ConfigError as exc:
         fail(str(exc), EXIT_CONFIG)
+    except TelemetryError as exc:
+        fail(str(exc), EXIT_FAILED)

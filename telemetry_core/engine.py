@@ -48,6 +48,9 @@ class Engine:
         self.state: dict[str, Any] = {}
         self._node_id: str | None = None
         self._schema: Schema | None = None
+        #: ``(config path, --set overrides)`` this engine was built from, so child
+        #: processes (edge workers, processor workers) can build the same engine.
+        self.origin: tuple[str | None, tuple[str, ...]] = (None, ())
         self._counts = scales.collection("/convert", scales.IntStat("warnings"), scales.IntDictStat("warning_names"))
 
     # ------------------------------------------------------------------ construction
@@ -63,7 +66,9 @@ class Engine:
         pm = make_plugin_manager()
         infos = load_plugins(pm, disabled=disabled, load=load, skip_broken=skip_broken,
                              entry_points=entry_points, builtins=builtins)
-        return cls.from_plugin_manager(pm, raw, plugins=infos, disabled=disabled, configure_logs=configure_logs)
+        engine = cls.from_plugin_manager(pm, raw, plugins=infos, disabled=disabled, configure_logs=configure_logs)
+        engine.origin = (None if path is None else os.fspath(path), tuple(overrides))
+        return engine
 
     @classmethod
     def from_plugin_manager(cls, pm: pluggy.PluginManager, raw: RawConfig | None = None, *,
@@ -160,8 +165,10 @@ class Engine:
             raise ConfigError("no installed plugin provides a spool writer (telemetry_store_spool_writer)")
         return writer
 
-    def partition(self, *, record: Record) -> str:
-        path = self._pm.hook.telemetry_store_partition(record=record, schema=self.schema, node_id=self.node_id)
+    def partition(self, *, record: Record, seq: int) -> str:
+        """``telemetry_store_partition``; no answer is a ``write_failed`` record error."""
+        path = self._pm.hook.telemetry_store_partition(record=record, schema=self.schema, node_id=self.node_id,
+                                                       seq=seq)
         if path is None:
             raise RecordError("write_failed", "no plugin chose a store partition for the record")
         return path
@@ -186,7 +193,7 @@ class Engine:
     # ------------------------------------------------------------------ convert
 
     def histogram_spec(self, *, revision: str | None, info: dict[str, Any]) -> HistogramSpec | None:
-        return self._pm.hook.telemetry_convert_histogram_spec(revision=revision, info=info)
+        return self._pm.hook.telemetry_convert_histogram_spec(revision=revision, info=info, engine=self)
 
     def addon_histograms(self, *, addon_id: str) -> dict[str, dict[str, Any]] | None:
         return self._pm.hook.telemetry_convert_addon_histograms(addon_id=addon_id)
@@ -194,7 +201,7 @@ class Engine:
     def convert_payload(self, *, record: Record, spec: HistogramSpec | None) -> list[str]:
         """``telemetry_convert_payload``: returns every warning name (each is counted
         under ``/convert/warnings`` and ``/convert/warning_names/<name>``)."""
-        warnings = [name for batch in self._pm.hook.telemetry_convert_payload(record=record, spec=spec)
+        warnings = [name for batch in self._pm.hook.telemetry_convert_payload(record=record, spec=spec, engine=self)
                     for name in batch or ()]
         if warnings:
             self._counts.warnings += len(warnings)

@@ -75,4 +75,6 @@ RECORD_ERROR_CATEGORIES: dict[str, str] = {
     "bad_payload": "the payload does not follow the classic format (bad bucket, non-integer count, bad ver)",
     "conversion_error": "the histogram spec for the record could not be built or fetched",
     "write_failed": "the record could not be written to the store",
+    "duplicate": "an exact resubmission (same id, same stored bytes) of a record already stored",
+    "invalid_dedup_key": "the record's id or session cannot be de-duplicated (not a UUID)",
 }

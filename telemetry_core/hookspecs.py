@@ -203,14 +203,18 @@ def telemetry_store_spool_writer(engine: Engine, worker: int) -> SpoolWriter | N
 
 
 @hookspec(firstresult=True)
-def telemetry_store_partition(record: Record, schema: Schema, node_id: str) -> str | None:
+def telemetry_store_partition(record: Record, schema: Schema, node_id: str, seq: int) -> str | None:
     """Name the store file a valid record is appended to.
 
-    :param record: the converted record (``record.dims`` already follow the schema).
+    :param record: the converted record (``record.dims`` already follow the
+        schema, in the schema's order).
     :param schema: the dimension :class:`~telemetry_core.schema.Schema`.
     :param node_id: this node's id, part of every file name.
-    :return: a relative path inside the store, e.g.
-        ``"saved-session/Firefox/release/23.0.1/20130814063812.20130910.node1.0.log"``.
+    :param seq: this node's sequence number of the spool file being
+        processed, part of every file name (so names never collide).
+    :return: a relative path inside the store (the published key without the
+        codec suffix), e.g.
+        ``"saved-session/Firefox/release/23.0.1/20130814063812.20130910.node1.42.log"``.
 
     First non-None result wins.
     """
@@ -268,12 +272,14 @@ def telemetry_store_published(published: PublishedFile) -> None:
 
 
 @hookspec(firstresult=True)
-def telemetry_convert_histogram_spec(revision: str | None, info: dict[str, Any]) -> HistogramSpec | None:
+def telemetry_convert_histogram_spec(revision: str | None, info: dict[str, Any],
+                                     engine: Engine) -> HistogramSpec | None:
     """Find the histogram definitions a payload was recorded with.
 
     :param revision: the payload's ``info.revision`` URL, or ``None`` when absent.
     :param info: the payload's ``info`` object (channel, build id, version
         help find a spec when the revision is missing).
+    :param engine: the engine (its config; ``engine.state`` for caches).
     :return: a :class:`~telemetry_core.interfaces.HistogramSpec`, or ``None``.
 
     First non-None result wins.  Raise
@@ -294,12 +300,13 @@ def telemetry_convert_addon_histograms(addon_id: str) -> dict[str, dict[str, Any
 
 
 @hookspec
-def telemetry_convert_payload(record: Record, spec: HistogramSpec | None) -> list[str] | None:
+def telemetry_convert_payload(record: Record, spec: HistogramSpec | None, engine: Engine) -> list[str] | None:
     """Convert sections of a classic payload in place (``record.payload``).
 
     :param record: the decoded record; each plugin converts the sections it
-        owns (the core converts ``histograms``).
+        owns (the core converts ``histograms`` and ``addonHistograms``).
     :param spec: the record's histogram spec (``None`` when it has no histograms).
+    :param engine: the engine (e.g. ``engine.addon_histograms(addon_id=...)``).
     :return: names of warnings (counted in metrics), or ``None``.
 
     All results are collected.  Raise

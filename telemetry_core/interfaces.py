@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import IO, Any, Callable, Iterable, Iterator, Protocol, runtime_checkable
 
+from .errors import TelemetryError
 from .records import Decision, DedupKey
 
 
@@ -79,45 +80,104 @@ class Codec(Protocol):
 class StoreBatch(Protocol):
     """The work files the processor writes for one spool file.
 
-    ``append(relative_path, data)`` appends ``data`` to the work file at
-    ``relative_path`` (a path inside the store, made by
+    ``append(relative_path, data, records=1)`` appends ``data`` (holding
+    ``records`` records) to the work file at ``relative_path`` (a key inside
+    the archive without the codec suffix, e.g. made by
     ``telemetry_store_partition``); nothing is visible to readers until the
-    processor publishes the batch.
+    processor has compressed and published the batch.  ``node_id`` and
+    ``seq`` name the batch (every file name carries both).
     """
 
-    def append(self, relative_path: str, data: bytes) -> None: ...
+    node_id: str
+    seq: int
+
+    def append(self, relative_path: str, data: bytes, records: int = 1) -> None: ...
 
 
 @dataclass(frozen=True)
 class PublishedFile:
-    """A compressed file in long-term storage: ``key`` is its path relative to
-    the archive root (the same locally and in S3), ``checksum`` is
-    ``"<algorithm>:<hex>"``."""
+    """A file in long-term storage.
+
+    ``key`` is its path relative to the archive root (the same locally and
+    in S3: ``<data_dir>/archive/<key>`` or ``s3://<bucket>/<prefix><key>``);
+    ``checksum`` is ``"sha256:<hex>"`` of its bytes; ``url`` says where it is.
+    """
 
     key: str
     size: int
     checksum: str
     url: str
-    records: int = 0
-    sources: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class StoredObject:
+    """One entry of a publisher listing."""
+
+    key: str
+    size: int
+
+
+class PublishError(TelemetryError):
+    """Publishing failed after the publisher's own retries (storage down,
+    checksum mismatch after upload ...).  Operational: the processor keeps
+    its input and retries later; nothing local is deleted."""
+
+
+class PublishConflict(PublishError):
+    """The key already exists with different content; nothing is overwritten."""
 
 
 class Publisher(Protocol):
-    """Long-term storage of compressed files (a local archive, S3 ...)."""
+    """Long-term storage of published files (the local archive, S3 ...).
 
-    def publish(self, local_path: str, key: str, records: int, sources: tuple[str, ...]) -> PublishedFile: ...
+    * ``publish(local_path, key, checksum=)`` copies a local file to ``key``
+      and returns only once the stored copy is **verified** to have
+      ``checksum`` (``"sha256:<hex>"`` of the local file).  It never
+      overwrites: when ``key`` already holds the same bytes it returns the
+      existing object (so a publish repeated after a crash is harmless), and
+      when it holds different bytes it raises :class:`PublishConflict`.
+      Transient failures are retried with back-off, then
+      :class:`PublishError` is raised.  The local file is left in place
+      (the caller deletes it).
+    * ``exists(key)``; ``open(key)`` streams an object's bytes;
+    * ``list(prefix)`` yields every object under a key prefix;
+      ``list_dirs(prefix)`` yields the "directories" one level below
+      ``prefix`` (each ending in ``/``), so dimension filters are pushed
+      down to listings instead of listing everything;
+    * ``uri`` names the archive root (``file:///...`` or ``s3://bucket/prefix``).
+    """
+
+    uri: str
+
+    def publish(self, local_path: str, key: str, *, checksum: str) -> PublishedFile: ...
 
     def exists(self, key: str) -> bool: ...
 
-    def list(self, prefix: str) -> Iterator[str]: ...
-
     def open(self, key: str) -> IO[bytes]: ...
+
+    def list(self, prefix: str) -> Iterator[StoredObject]: ...
+
+    def list_dirs(self, prefix: str) -> Iterator[str]: ...
 
 
 class DedupBackend(Protocol):
-    """Decides, atomically, what happens to a record under the dedup rules."""
+    """Decides, atomically, what happens to a record under the dedup rules.
+
+    ``decide`` returns the :class:`~telemetry_core.records.Decision` (the
+    same one again when the same submission is decided twice); ``sync``
+    makes every decision returned so far durable (the processor calls it
+    before it commits a spool file's outputs); ``expire`` drops the state of
+    sessions idle for longer than ``dedup.expire_days`` and returns how many
+    (0 for backends that expire natively); ``close`` releases connections.
+    The built-ins are in :mod:`telemetry_core.dedup_sqlite` and
+    :mod:`telemetry_core.dedup_redis`; see docs/dedup.md.
+    """
 
     def decide(self, key: DedupKey, record_id: str, received_at_ms: int) -> Decision: ...
+
+    def sync(self) -> None: ...
+
+    def expire(self) -> int: ...
 
     def close(self) -> None: ...
 
@@ -125,7 +185,8 @@ class DedupBackend(Protocol):
 @dataclass(frozen=True)
 class InputFile:
     """One stored file a MapReduce job reads: ``key`` relative to the
-    archive root, ``dims`` the dimension values its path encodes."""
+    archive root, ``dims`` the dimension values its path encodes (in the
+    schema's order; see docs/mapreduce.md for files of ``_invalid/``)."""
 
     key: str
     size: int
@@ -138,6 +199,15 @@ class InputSource(Protocol):
     ``list`` yields only files whose partition matches ``dimension_filter``,
     and must not list excluded partitions in full; ``open`` streams the
     (still compressed) bytes of one file.
+
+    Optional, used by the built-in executors when present:
+
+    * ``decompress(item, raw)`` wraps ``raw`` (what ``open`` returned) in the
+      reader of the file's codec (default: the bytes are read as they are);
+    * ``local_files`` is true when ``open`` returns real local files, which
+      the local executor then opens in its parent process before the
+      mappers start (so a file deleted after listing is still read);
+    * ``uri`` names the input.
     """
 
     def list(self, dimension_filter: Any) -> Iterator[InputFile]: ...
@@ -147,7 +217,17 @@ class InputSource(Protocol):
 
 @dataclass
 class JobSpec:
-    """A MapReduce job as the runner hands it to an executor."""
+    """A MapReduce job as the runner hands it to an executor.
+
+    ``output`` is the one text file of ``key\tvalue`` lines the executor
+    writes; ``work_dir`` is where an executor may put intermediate files
+    (``None``: its own choice); ``config_origin`` is the ``(config path,
+    --set overrides)`` the runner's engine was built from, so processes that
+    do not inherit it (Spark tasks) can build the same engine;
+    ``combine_size`` is how many values a key collects before ``combine``
+    runs; ``max_tracebacks`` how many tracebacks of failing user code are
+    kept; ``progress`` whether to draw a progress bar.
+    """
 
     job_path: str
     filter: Any
@@ -158,6 +238,11 @@ class JobSpec:
     dedup: bool = False
     fail_fast: bool = False
     options: dict[str, Any] = field(default_factory=dict)
+    work_dir: str | None = None
+    config_origin: tuple[str | None, tuple[str, ...]] = (None, ())
+    combine_size: int = 50
+    max_tracebacks: int = 5
+    progress: bool = False
 
 
 @dataclass
@@ -165,11 +250,17 @@ class JobContext:
     """What a job's ``map`` and ``reduce`` receive as ``context``.
 
     ``write(key, value)`` emits a pair; ``extras`` holds what
-    ``telemetry_reduce_context`` plugins add (e.g. a histogram spec lookup).
+    ``telemetry_reduce_context`` plugins add (e.g. a histogram spec lookup),
+    readable as attributes.  ``phase`` is ``"map"`` or ``"reduce"`` and
+    ``task`` the mapper's or reducer's number; ``engine`` is the engine of
+    the process running the task, for plugins (jobs should not need it).
     """
 
     write: Callable[[Any, Any], None]
     extras: dict[str, Any] = field(default_factory=dict)
+    phase: str = "map"
+    task: int = 0
+    engine: Any = None
 
     def __getattr__(self, name: str) -> Any:
         extras = self.__dict__.get("extras", {})
@@ -179,13 +270,20 @@ class JobContext:
 
 
 class Executor(Protocol):
-    """Runs a job over input files (local processes, Spark ...)."""
+    """Runs a job over input files (local processes, Spark ...).
+
+    ``run`` writes ``job.output`` and returns its statistics (at least
+    ``files``, ``records``, ``errors``; see docs/mapreduce.md).
+    """
 
     def run(self, job: JobSpec, inputs: Iterable[InputFile], source: InputSource) -> dict[str, Any]: ...
 
 
-RecordFilter = Callable[[str, tuple[str, ...]], bool]
-"""A read-time record filter: ``(record id, dims) -> keep?``."""
+RecordFilter = Callable[[str, tuple[str, ...], bytes], bool]
+"""A read-time record filter: ``(record id, dims, body) -> keep?``, where
+``body`` is the stored JSON bytes (the line after the tab, without the
+newline).  The built-in executors also accept older two-argument filters
+``(record id, dims)``, which they detect once per job."""
 
 
 class HistogramSpec(Protocol):

@@ -16,6 +16,9 @@ from typing import Any
 from .errors import ConfigError
 
 DEFAULT_FORMAT = "%(asctime)s %(levelname)s [%(node_id)s] %(name)s: %(message)s"
+#: Libraries that log routine chatter at INFO (e.g. botocore's "Found credentials
+#: in environment variables" on every command); the default setup keeps them at WARNING.
+QUIET_LIBRARIES = ("botocore", "boto3", "s3transfer", "urllib3")
 _node_id = "-"
 _base_factory = logging.getLogRecordFactory()
 
@@ -52,3 +55,5 @@ def configure_logging(section: dict[str, Any], source: str = "config") -> None:
     handler.telemetry_default = True  # type: ignore[attr-defined]
     root.addHandler(handler)
     root.setLevel(section.get("level", "INFO"))
+    for name in QUIET_LIBRARIES:
+        logging.getLogger(name).setLevel(max(logging.WARNING, root.level))

@@ -107,9 +107,58 @@ class LatencyStat(scales.Stat):
         self.__get__(instance, None).addValue(value)
 
 
-def call_stats(path: str) -> Any:
-    """A scales collection at ``path`` with ``calls``, ``errors`` and ``latency``."""
-    return scales.collection(path, scales.IntStat("calls"), scales.IntStat("errors"), LatencyStat("latency"))
+class Count:
+    """A mutable integer that scales shows as a number (its encoder calls callables).
+
+    Hot paths keep a reference and add to :attr:`value` directly: about
+    twenty times cheaper than ``collection.name += 1`` through a scales
+    descriptor, which matters on every hook call.
+    """
+
+    __slots__ = ("value",)
+
+    def __init__(self) -> None:
+        self.value = 0
+
+    def __call__(self) -> int:
+        return self.value
+
+    def __repr__(self) -> str:
+        return f"Count({self.value})"
+
+
+class CountStat(scales.Stat):
+    """Scales stat holding a :class:`Count`."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name, None)
+
+    def _getDefault(self, _instance: Any) -> Count:  # noqa: N802 - scales' naming
+        return Count()
+
+
+class CallStats:
+    """``calls``, ``errors`` and ``latency`` of something called often (a hook, a plugin's
+    implementation), in scales at ``path``; :meth:`record` is the cheap way to add a call."""
+
+    __slots__ = ("collection", "calls", "errors", "latency")
+
+    def __init__(self, path: str) -> None:
+        self.collection = scales.collection(path, CountStat("calls"), CountStat("errors"), LatencyStat("latency"))
+        self.calls: Count = self.collection.calls
+        self.errors: Count = self.collection.errors
+        self.latency: LiveLatency = self.collection.latency
+
+    def record(self, elapsed: float, failed: bool = False) -> None:
+        self.calls.value += 1
+        self.latency.addValue(elapsed)
+        if failed:
+            self.errors.value += 1
+
+
+def call_stats(path: str) -> CallStats:
+    """:class:`CallStats` at ``path``: ``calls``, ``errors`` and ``latency``."""
+    return CallStats(path)
 
 
 def counter_stats(path: str, *names: str) -> Any:
@@ -125,7 +174,7 @@ class HookCallMonitor:
             "telemetry_hook_starts", default=())
         self._stats: dict[str, Any] = {}
 
-    def stats_for(self, hook_name: str) -> Any:
+    def stats_for(self, hook_name: str) -> CallStats:
         stats = self._stats.get(hook_name)
         if stats is None:
             stats = self._stats[hook_name] = call_stats(f"{HOOKS_PATH}/{hook_name}")
@@ -138,11 +187,8 @@ class HookCallMonitor:
         starts = self._starts.get()
         self._starts.set(starts[:-1])
         elapsed = time.perf_counter() - starts[-1]
-        stats = self.stats_for(hook_name)
-        stats.calls += 1
-        stats.latency = elapsed
-        if outcome.exception is not None:
-            stats.errors += 1
+        stats = self._stats.get(hook_name) or self.stats_for(hook_name)
+        stats.record(elapsed, outcome.exception is not None)
 
 
 def time_plugin_hooks(pm: Any, plugin: Any, plugin_name: str) -> None:
@@ -160,6 +206,7 @@ def time_plugin_hooks(pm: Any, plugin: Any, plugin_name: str) -> None:
 
 def _timed(function: Callable[..., Any], path: str) -> Callable[..., Any]:
     stats = call_stats(path)
+    calls, errors, latency = stats.calls, stats.errors, stats.latency
     clock = time.perf_counter
 
     def timed_hookimpl(*args: Any) -> Any:
@@ -167,11 +214,11 @@ def _timed(function: Callable[..., Any], path: str) -> Callable[..., Any]:
         try:
             return function(*args)
         except BaseException:
-            stats.errors += 1
+            errors.value += 1
             raise
         finally:
-            stats.calls += 1
-            stats.latency = clock() - start
+            calls.value += 1
+            latency.addValue(clock() - start)
 
     timed_hookimpl.__wrapped__ = function  # type: ignore[attr-defined]
     return timed_hookimpl

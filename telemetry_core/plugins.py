@@ -41,6 +41,28 @@ log = logging.getLogger(__name__)
 DEFAULT_PLUGINS: tuple[str, ...] = (
     "telemetry_core.codecs",
     "telemetry_core.graphite",
+    "telemetry_core.convert_stage",
+    "telemetry_core.store_files",
+    "telemetry_core.publish_local",
+    "telemetry_core.publish_s3",
+    "telemetry_core.s3_policy",
+    "telemetry_core.retention",
+    "telemetry_core.process_plugin",
+    "telemetry_core.receive_paths",
+    "telemetry_core.receive_bodies",
+    "telemetry_core.receive_client_addr",
+    "telemetry_core.spool_store",
+    "telemetry_core.edge",
+    "telemetry_core.dedup_rules",
+    "telemetry_core.dedup_sqlite",
+    "telemetry_core.dedup_redis",
+    "telemetry_core.dedup_ledger",
+    "telemetry_core.codec_lzma",
+    "telemetry_core.mapreduce_inputs",
+    "telemetry_core.mapreduce_histograms",
+    "telemetry_core.mapreduce_local",
+    "telemetry_core.mapreduce_spark",
+    "telemetry_core.mapreduce_command",
 )
 
 BUILTIN_DISTRIBUTION = "telemetry-core"

@@ -65,8 +65,11 @@ class Record:
     ``raw`` is the body as it was spooled; ``payload`` is the decoded JSON
     object once decoding succeeded (convert hooks change it in place);
     ``dims`` are the dimension values after the schema was applied (values
-    outside a dimension's allowed list are ``"OTHER"``); ``source`` names the
-    spool file and offset the record came from, for manifests and errors.
+    outside a dimension's allowed list are ``"OTHER"``), keyed by dimension
+    name in the schema's order; ``source`` names the spool file and offset
+    the record came from, for manifests and errors.  After conversion the
+    processor serializes the payload once into ``stored_json`` (the bytes
+    stored after ``<id>\t``) and sets ``body_hash`` to their digest.
     """
 
     id: str
@@ -78,6 +81,8 @@ class Record:
     client_addr: str | None = None
     source: str = ""
     warnings: list[str] = field(default_factory=list)
+    stored_json: bytes | None = None
+    body_hash: str = ""
 
 
 @dataclass(frozen=True)
@@ -97,10 +102,24 @@ class Decision:
 
     ``outcome`` is one of ``"kept"``, ``"superseded_earlier"`` (this record
     replaces an earlier live one, named in ``supersedes``), ``"duplicate"``
-    (an exact resubmission), ``"stale"`` (an older idle-daily than the live
-    one) or ``"not_applicable"`` (the record's kind is not de-duplicated).
+    (an exact resubmission), ``"stale"`` (superseded on arrival: an older
+    idle-daily than the live one, or an idle-daily after a saved-session) or
+    ``"not_applicable"`` (the record's kind is not de-duplicated).
+
+    The other fields carry what the dedup ledger records (docs/dedup.md):
+    ``body_hash`` and ``received_at_ms`` of the decided record; ``version``,
+    the backend's per-session version of the decision; ``changes``, every
+    stored record whose state this decision changed, as ``(record id, body
+    hash, "superseded" | "live")``; ``replayed`` is true when the same
+    submission (same id, body hash and receive time) was decided before and
+    this is that earlier decision, returned unchanged.
     """
 
     outcome: str
     record_id: str
     supersedes: tuple[str, ...] = ()
+    body_hash: str = ""
+    received_at_ms: int = 0
+    version: int = 0
+    changes: tuple[tuple[str, str, str], ...] = ()
+    replayed: bool = False

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import sys
 from pathlib import Path
 from typing import Any, Callable
@@ -19,7 +20,12 @@ REPO = Path(__file__).resolve().parent.parent
 
 @pytest.fixture(autouse=True)
 def fresh_metrics() -> None:
-    """Every test starts with empty scales stats."""
+    """Every test starts with empty scales stats.
+
+    ``scales.reset()`` walks every object in the heap; collect first, so dead
+    weak proxies (botocore leaves some) are gone before it looks at them.
+    """
+    gc.collect()
     scales.reset()
 
 

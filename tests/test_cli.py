@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import pstats
@@ -17,6 +18,7 @@ from click.testing import CliRunner
 
 from telemetry_core.catalog import hook_descriptions
 from telemetry_core.cli import cli
+from telemetry_core.plugins import DEFAULT_PLUGINS
 
 from plugin_dists import make_dist
 
@@ -32,7 +34,8 @@ def run_cli(args, env=None, timeout=60, **kwargs):
 @pytest.fixture
 def config(tmp_path):
     path = tmp_path / "plugins.yaml"
-    path.write_text(f"data_dir: {tmp_path / 'data'}\nnode_id: test-node\n")
+    # port 0: the built-in edge service of `telemetry run` must not need a fixed port here
+    path.write_text(f"data_dir: {tmp_path / 'data'}\nnode_id: test-node\nreceive:\n  port: 0\n  workers: 1\n")
     return path
 
 
@@ -128,7 +131,8 @@ def test_config_show_prints_defaults_and_hides_secrets(config):
     assert result.returncode == 0, result.stderr
     shown = yaml.safe_load(result.stdout)
     assert shown["dedup"]["redis_url"] == "***"
-    assert shown["receive"] == {"host": "127.0.0.1", "port": 8080, "workers": "auto"}
+    assert {key: shown["receive"][key] for key in ("host", "port", "workers", "max_body_bytes")} == {
+        "host": "127.0.0.1", "port": 0, "workers": 1, "max_body_bytes": 1048576}
     assert "sekrit" not in result.stdout + result.stderr
     as_json = json.loads(run_cli(["config", "show", "--config", str(config), "--format", "json"]).stdout)
     assert as_json["compress"] == {"codec": "xz", "level": 0}
@@ -187,8 +191,14 @@ def test_run_with_duration_profile_and_metrics_snapshot(tmp_path, config):
     assert 'telemetry_hook_calls_total{command="run",hook="telemetry_services"} 1' in prometheus
 
 
+def builtin_service_plugins():
+    """Built-in plugins that contribute services to `telemetry run` (the edge, the processor ...)."""
+    return [name for name in DEFAULT_PLUGINS if hasattr(importlib.import_module(name), "telemetry_services")]
+
+
 def test_run_with_no_services_says_so(config):
-    result = run_cli(["run", "--config", str(config), "--duration", "5"])
+    disabled = ", ".join(builtin_service_plugins())
+    result = run_cli(["run", "--config", str(config), "--duration", "5", "--set", f"plugins.disabled=[{disabled}]"])
     assert result.returncode == 0
     assert "nothing to run" in result.stderr
 

@@ -56,7 +56,7 @@ def test_unknown_key_names_file_key_and_known_keys(tmp_path):
     path = write(tmp_path, "receive:\n  prot: 8080\n")
     message = error_of(path)
     assert message.startswith(f"{path}: receive.prot: unknown key")
-    assert "host, port, workers" in message
+    assert "known keys here: " in message and ", port, " in message
 
 
 def test_wrong_type_says_what_was_expected(tmp_path):

@@ -38,13 +38,13 @@ def test_writing_plugins_test_example_runs(tmp_path, monkeypatch):
     pm.register(ChannelAllowlist(), name="allowlist")
     engine = Engine.from_plugin_manager(pm, read_config(None, [
         f"data_dir={tmp_path}", "plugins.allowlist.channels=[release]"]))
-    nightly = Submission(id="x", path="", body=b"", received_at_ms=0, dims={"appUpdateChannel": "nightly"})
+    nightly = Submission(id="x", path="", body=b"{}", received_at_ms=0, dims={"appUpdateChannel": "nightly"})
     assert engine.validate_submission(submission=nightly).status == 403
 
 
 def test_readme_starts_with_the_two_commands():
     lines = (REPO / "README.md").read_text().splitlines()
-    assert lines[3].startswith("python3 -m venv .venv && .venv/bin/pip install -e . && "
+    assert lines[3].startswith("python3 -m venv .venv && .venv/bin/pip install -e . -e plugins/telemetry-pdfjs && "
                                ".venv/bin/telemetry run --config plugins.yaml")
     assert lines[4].startswith("bash .ci/run")
     assert ".venv/bin/python -m pytest" in (REPO / ".ci" / "run").read_text()

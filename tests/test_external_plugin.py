@@ -75,7 +75,8 @@ def test_its_command_and_its_validation_work(installed, config):
         from telemetry_core.records import Submission
         engine = Engine.from_config({str(config)!r}, configure_logs=False)
         for channel in ("release", "nightly"):
-            item = Submission(id="i", path="p", body=b"", received_at_ms=0, dims={{"appUpdateChannel": channel}})
+            item = Submission(id="i", path="p", body=b'{{"ver": 1}}', received_at_ms=0,
+                              dims={{"appUpdateChannel": channel}})
             print(channel, engine.validate_submission(submission=item))
     """)
     result = run([sys.executable, "-c", script], installed)

@@ -34,10 +34,12 @@ def record(**changes) -> Record:
 
 
 class Batch:
+    node_id, seq = "n1", 7
+
     def __init__(self) -> None:
         self.files: dict[str, bytes] = {}
 
-    def append(self, relative_path: str, data: bytes) -> None:
+    def append(self, relative_path: str, data: bytes, records: int = 1) -> None:
         self.files[relative_path] = self.files.get(relative_path, b"") + data
 
 
@@ -235,19 +237,20 @@ def test_hook_telemetry_store_spool_writer_unanswered(make_engine):
 def test_hook_telemetry_store_partition(make_engine):
     class Plugin:
         @hookimpl
-        def telemetry_store_partition(self, record, schema, node_id):
+        def telemetry_store_partition(self, record, schema, node_id, seq):
             values = schema.apply(record.dims)
-            return "/".join(values[:-2]) + f"/{values[-2]}.{values[-1]}.{node_id}.log"
+            return "/".join(values[:-2]) + f"/{values[-2]}.{values[-1]}.{node_id}.{seq}.log"
 
     engine = make_engine(Plugin(), node_id="n1")
     item = record(dims={"reason": "saved-session", "appName": "Firefox", "appUpdateChannel": "release",
                         "appVersion": "23.0.1", "appBuildID": "20130814063812", "submission_date": "20130910"})
-    assert engine.partition(record=item) == "saved-session/Firefox/release/23.0.1/20130814063812.20130910.n1.log"
+    assert engine.partition(record=item, seq=42) == \
+        "saved-session/Firefox/release/23.0.1/20130814063812.20130910.n1.42.log"
 
 
 def test_hook_telemetry_store_partition_unanswered(make_engine):
     with pytest.raises(RecordError) as caught:
-        make_engine().partition(record=record())
+        make_engine().partition(record=record(), seq=1)
     assert caught.value.category == "write_failed"
 
 
@@ -299,7 +302,7 @@ def test_hook_telemetry_store_published(make_engine):
         def telemetry_store_published(self, published):
             seen.append(published.key)
 
-    item = PublishedFile(key="a/b.log.xz", size=3, checksum="sha256:00", url="file:///x")
+    item = PublishedFile(key="a/b.log.xz", size=3, checksum="sha256:00", url="file:///x/a/b.log.xz")
     make_engine(Plugin()).published(published=item)
     assert seen == ["a/b.log.xz"]
 

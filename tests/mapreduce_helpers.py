@@ -1,0 +1,239 @@
+"""Test data for the MapReduce tests: generated pings, sent through the real
+processor into a real archive, with every expected answer computed here from
+the pings themselves (never from the pipeline's own code).
+
+Pings come in several reasons, channels, versions, build ids, operating
+systems and days, gzip and plain, a few broken (they end in ``_invalid/``),
+and use two Histograms.json revisions whose layouts of ``HISTOGRAM`` differ:
+the real seeded ``a55c55edf302`` and a test revision ``0123456789ab`` in a
+test seed directory.  Some sessions send two idle-dailies, or an idle-daily
+and a saved-session, so the dedup ledger has superseded records.
+"""
+
+from __future__ import annotations
+
+import collections
+import gzip
+import json
+import random
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from process_helpers import processor_engine, uuid
+from telemetry_core.engine import Engine
+from telemetry_core.histogram_spec import HistogramSpec
+from telemetry_core.processor import Processor
+from telemetry_core.revisions import DEFAULT_SEED_DIR
+from telemetry_core.spool import SpoolWriter
+
+REPO = Path(__file__).resolve().parent.parent
+JOBS = REPO / "examples" / "jobs"
+FILTERS = REPO / "examples" / "filters"
+DAY_MS = 86_400_000
+T0 = 1_378_771_200_000  # 2013-09-10 00:00 UTC
+DAYS = ("20130910", "20130911", "20130912")
+REAL_REVISION = "http://hg.mozilla.org/releases/mozilla-release/rev/a55c55edf302"
+TEST_REVISION = "http://hg.mozilla.org/releases/mozilla-release/rev/0123456789ab"
+HISTOGRAM = "CACHE_DISK_SEARCH_2"
+OTHER_HISTOGRAM = "A11Y_IATABLE_USAGE_FLAG"
+#: HISTOGRAM in the test revision: linear, 1..100, 11 buckets (the real one is exponential 1..10000, 50).
+TEST_DEFINITION = {"kind": "linear", "low": 1, "high": 100, "n_buckets": 11, "description": "test layout"}
+
+
+@dataclass
+class Ping:
+    id: str
+    reason: str
+    channel: str
+    version: str
+    build: str
+    os: str
+    day: int
+    revision: str
+    values: dict[str, dict[str, int]]
+    uptime: int
+    gzip: bool = False
+    broken: bool = False
+    received_ms: int = 0
+
+    @property
+    def submission_date(self) -> str:
+        return DAYS[self.day]
+
+    def dims(self) -> tuple[str, ...]:
+        return (self.reason, "Firefox", self.channel, self.version, self.build, self.submission_date)
+
+    def body(self, specs: dict[str, HistogramSpec]) -> bytes:
+        if self.broken:
+            return b'{"ver": 1, "info": {"reason": "idle-daily"'  # truncated JSON
+        spec = specs[self.revision]
+        histograms = {}
+        for name, values in self.values.items():
+            layout = spec.layout(name)
+            histograms[name] = {"range": [layout.low, layout.high], "bucket_count": layout.n_buckets,
+                                "histogram_type": layout.histogram_type, "values": values,
+                                "sum": sum(int(k) * v for k, v in values.items()),
+                                "sum_squares_lo": 0, "sum_squares_hi": 0}
+        payload = {"ver": 1, "info": {"reason": self.reason, "OS": self.os, "appName": "Firefox",
+                                      "appVersion": self.version, "appUpdateChannel": self.channel,
+                                      "appBuildID": self.build, "revision": self.revision, "locale": "en-US"},
+                   "simpleMeasurements": {"uptime": self.uptime}, "histograms": histograms}
+        data = json.dumps(payload).encode()
+        return gzip.compress(data, mtime=0) if self.gzip else data
+
+    def path(self) -> str:
+        return f"{self.id}/{self.reason}/Firefox/{self.version}/{self.channel}/{self.build}"
+
+
+@dataclass
+class Dataset:
+    """An archive made by the real processor from ``pings``, and how to configure an engine for it."""
+
+    root: Path
+    data_dir: Path
+    archive: Path
+    seed_dir: Path
+    pings: list[Ping]
+    specs: dict[str, HistogramSpec]
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def overrides(self, *more: str, data_dir: Path | None = None) -> list[str]:
+        """``--set`` values for a MapReduce engine reading this archive (offline specs)."""
+        return [f"data_dir={data_dir or self.data_dir}", "node_id=n1", "convert.histograms.server=null",
+                f"convert.histograms.cache_dir={self.root / 'histogram_cache'}",
+                f"convert.histograms.seed_dirs=[{DEFAULT_SEED_DIR}, {self.seed_dir}]",
+                "metrics.snapshot=false", "reduce.progress=false", *more]
+
+    def engine(self, *more: str, data_dir: Path | None = None) -> Engine:
+        return Engine.from_config(None, self.overrides(*more, data_dir=data_dir), configure_logs=False)
+
+    # ---- answers computed from the pings
+
+    def stored(self) -> list[Ping]:
+        return [p for p in self.pings if not p.broken]
+
+    def live(self) -> list[Ping]:
+        """The pings dedup keeps: per id, the saved-session, else the latest idle-daily."""
+        best: dict[str, Ping] = {}
+        for ping in self.stored():
+            rank = (ping.reason == "saved-session", ping.received_ms)
+            current = best.get(ping.id)
+            if current is None or rank > (current.reason == "saved-session", current.received_ms):
+                best[ping.id] = ping
+        return list(best.values())
+
+    def count_by_day(self, pings: list[Ping] | None = None) -> dict[str, int]:
+        return dict(collections.Counter(p.submission_date for p in (pings or self.stored())))
+
+    def dimensions(self, pings: list[Ping] | None = None) -> dict[str, int]:
+        return dict(collections.Counter("/".join(p.dims()) for p in (pings or self.stored())))
+
+    def os_distribution(self, pings: list[Ping] | None = None) -> dict[str, int]:
+        return dict(collections.Counter(f"{p.channel}/{p.os}" for p in (pings or self.stored())))
+
+    def histogram_totals(self, pings: list[Ping] | None = None) -> dict[str, int]:
+        totals: collections.Counter[str] = collections.Counter()
+        for ping in pings or self.stored():
+            for name, values in ping.values.items():
+                for bound, count in values.items():
+                    if count:
+                        totals[f"{name}[{bound}]"] += count
+        return dict(totals)
+
+
+def read_output(path: Path) -> dict[str, str]:
+    """An output file as ``{key: value}`` (keys must be unique)."""
+    result: dict[str, str] = {}
+    for line in path.read_text().splitlines():
+        key, value = line.split("\t")
+        assert key not in result, f"key {key} appears twice in {path}"
+        result[key] = value
+    return result
+
+
+def as_ints(output: dict[str, str]) -> dict[str, int]:
+    return {key: int(value) for key, value in output.items()}
+
+
+def _seed(root: Path) -> tuple[Path, dict[str, HistogramSpec]]:
+    seed = root / "seed"
+    real = DEFAULT_SEED_DIR / "releases" / "mozilla-release" / "a55c55edf302" / "Histograms.json"
+    definitions = json.loads(real.read_text())
+    definitions[HISTOGRAM] = TEST_DEFINITION
+    target = seed / "releases" / "mozilla-release" / "0123456789ab" / "Histograms.json"
+    target.parent.mkdir(parents=True)
+    target.write_text(json.dumps(definitions))
+    specs = {REAL_REVISION: HistogramSpec.from_json(real.read_bytes()),
+             TEST_REVISION: HistogramSpec.from_json(target.read_bytes())}
+    return seed, specs
+
+
+def _values(rng: random.Random, spec: HistogramSpec, name: str) -> dict[str, int]:
+    bounds = spec.bounds(name)
+    chosen = rng.sample(bounds, k=min(4, len(bounds)))
+    return {str(bound): rng.randint(0, 20) for bound in chosen}
+
+
+def generate(rng: random.Random, specs: dict[str, HistogramSpec], count: int) -> list[Ping]:
+    """``count`` unique pings plus dedup sessions and a few broken ones."""
+    channels = {"release": "23.0.1", "beta": "24.0", "aurora": "25.0a2", "nightly": "26.0a1"}
+    pings = []
+
+    def make(index: int, reason: str, day: int, **extra: Any) -> Ping:
+        channel = extra.pop("channel", rng.choice(sorted(channels)))
+        revision = extra.pop("revision", rng.choice([REAL_REVISION, TEST_REVISION]))
+        values = {HISTOGRAM: _values(rng, specs[revision], HISTOGRAM),
+                  OTHER_HISTOGRAM: _values(rng, specs[revision], OTHER_HISTOGRAM)}
+        return Ping(id=uuid(index), reason=reason, channel=channel, version=channels[channel],
+                    build=rng.choice(["20130814063812", "20130901030201", "20130910030205"]),
+                    os=rng.choice(["WINNT", "WINNT", "Darwin", "Linux"]), day=day, revision=revision,
+                    values=values, uptime=rng.randint(1, 10_000), gzip=rng.random() < 0.5, **extra)
+
+    for index in range(count):
+        pings.append(make(index, rng.choice(["idle-daily", "saved-session"]), rng.randrange(len(DAYS))))
+    for index in range(count, count + 6):  # two idle-dailies: the later one is live
+        first = make(index, "idle-daily", 0)
+        pings += [first, make(index, "idle-daily", 1, channel=first.channel)]
+    for index in range(count + 6, count + 10):  # idle-daily then saved-session: the saved-session is live
+        first = make(index, "idle-daily", 0)
+        pings += [first, make(index, "saved-session", 2, channel=first.channel)]
+    for index in range(count + 10, count + 13):
+        pings.append(make(index, "idle-daily", 1, broken=True))
+    for number, ping in enumerate(pings):
+        ping.received_ms = T0 + ping.day * DAY_MS + 1000 + number
+    return pings
+
+
+_CACHE: dict[str, Dataset] = {}
+
+
+def build_dataset(root: Path, *, count: int = 90, seed: int = 7) -> Dataset:
+    """Generate pings, spool them (one spool file per day), run the processor, publish."""
+    key = f"{root}:{count}:{seed}"
+    if key in _CACHE:
+        return _CACHE[key]
+    seed_dir, specs = _seed(root)
+    pings = generate(random.Random(seed), specs, count)
+    data_dir = root / "data"
+    for day in range(len(DAYS)):
+        writer = SpoolWriter(data_dir / "spool", "n1")
+        for ping in sorted((p for p in pings if p.day == day), key=lambda p: p.received_ms):
+            writer.append(f"/submit/telemetry/{ping.path()}", ping.body(specs), timestamp_ms=ping.received_ms)
+        writer.close()
+    dataset = Dataset(root=root, data_dir=data_dir, archive=data_dir / "archive", seed_dir=seed_dir, pings=pings,
+                      specs=specs)
+    engine = processor_engine(data_dir, overrides=dataset.overrides()[1:])
+    processor = Processor(engine)
+    summary = processor.run_once()
+    processor.close()
+    assert not summary.failed_files, summary
+    assert summary.records_valid == len(dataset.stored()), summary
+    shutil.rmtree(root / "histogram_cache", ignore_errors=True)
+    _CACHE[key] = dataset
+    return dataset
+
+
+def archive_files(archive: Path) -> list[Path]:
+    return sorted(p for p in archive.rglob("*") if p.is_file())
