@@ -398,8 +398,8 @@ def telemetry_reduce_record_filters(job: JobSpec, engine: Engine) -> list[Record
 
     :param job: the :class:`~telemetry_core.interfaces.JobSpec`.
     :param engine: the engine.
-    :return: callables ``(record id, dims) -> keep?``; called once per job,
-        the filters then run per record.
+    :return: callables ``(record id, dims, body) -> keep?`` (``body`` is the
+        stored JSON bytes); called once per job, the filters then run per record.
 
     All results are collected; a record is kept when every filter keeps it.
     """

@@ -468,12 +468,12 @@ def test_hook_telemetry_reduce_record_filters(make_engine):
         def telemetry_reduce_record_filters(self, job, engine):
             if not job.dedup:
                 return None
-            return [lambda record_id, dims: record_id != "superseded"]
+            return [lambda record_id, dims, body: record_id != "superseded"]
 
     engine = make_engine(Plugin())
     job = JobSpec(job_path="job.py", filter={}, output="out", input_uri="/d", dedup=True)
     (keep,) = engine.record_filters(job=job)
-    assert keep("r1", ()) and not keep("superseded", ())
+    assert keep("r1", (), b"{}") and not keep("superseded", (), b"{}")
     job.dedup = False
     assert engine.record_filters(job=job) == []
 
