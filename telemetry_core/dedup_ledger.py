@@ -36,6 +36,7 @@ from typing import IO, Any, Callable, Iterable, Iterator
 from urllib.parse import unquote, urlparse
 
 from . import dedup_rules as rules
+from .atomic_files import fsync_directory
 from .errors import TelemetryError
 from .hookspecs import hookimpl
 from .records import Decision
@@ -140,7 +141,7 @@ class LedgerWriter:
         os.fsync(self._file.fileno())
         final = self._path.with_name(self._path.name[:-len(PART)])
         os.rename(self._path, final)
-        _fsync_directory(self.directory)
+        fsync_directory(self.directory)
         self._file.close()  # releases the flock
         self._file = self._path = None
         self.finished.append(final)
@@ -168,7 +169,7 @@ class LedgerWriter:
         self._path = path
         self._opened_at = self.clock()
         self._size = len(header)
-        _fsync_directory(self.directory)
+        fsync_directory(self.directory)
 
 
 def finish_orphans(directory: str | os.PathLike[str]) -> list[Path]:
@@ -200,7 +201,7 @@ def finish_orphans(directory: str | os.PathLike[str]) -> list[Path]:
             os.fsync(fd)
             final = path.with_name(path.name[:-len(PART)])
             os.rename(path, final)
-            _fsync_directory(path.parent)
+            fsync_directory(path.parent)
             finished.append(final)
         finally:
             os.close(fd)
@@ -221,13 +222,6 @@ def ledger_archive_key(path: str | os.PathLike[str]) -> str:
         raise ValueError(f"{name} is not a finished ledger file (*{SUFFIX})")
     return ARCHIVE_PREFIX + name
 
-
-def _fsync_directory(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 # --------------------------------------------------------------------------- reading

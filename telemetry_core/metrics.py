@@ -24,13 +24,14 @@ import json
 import math
 import os
 import re
-import tempfile
 import time
 from collections import UserDict, deque
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from greplin import scales
+
+from .atomic_files import write_json_atomically
 
 HOOKS_PATH = "/hooks"
 PLUGINS_PATH = "/plugins"
@@ -349,16 +350,7 @@ def write_snapshot(directory: Path, command: str) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     target = directory / f"{re.sub(r'[^A-Za-z0-9_.-]', '_', command)}.json"
     document = {"command": command, "written_at": time.time(), "pid": os.getpid(), "stats": snapshot()}
-    fd, temporary = tempfile.mkstemp(dir=directory, prefix=".snapshot-", suffix=".json")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            json.dump(document, handle, sort_keys=True)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, target)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    write_json_atomically(target, document)
     return target
 
 

@@ -21,11 +21,11 @@ import errno
 import fcntl
 import json
 import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .atomic_files import fsync_directory, write_json_atomically
 from .errors import TelemetryError
 
 PHASES = ("claimed", "processed", "compressed", "published")
@@ -33,29 +33,6 @@ PHASES = ("claimed", "processed", "compressed", "published")
 
 class ProcessorLocked(TelemetryError):
     """Another processor already runs on this data directory."""
-
-
-def write_json_atomically(path: Path, document: Any) -> None:
-    """Write JSON to ``path`` via a fsynced temporary file and a rename, then fsync the directory."""
-    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            json.dump(document, handle, sort_keys=True)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    fsync_directory(path.parent)
-
-
-def fsync_directory(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class InstanceLock:

@@ -46,7 +46,8 @@ from .dedup_rules import DedupUnavailableError
 from .errors import ConfigError, RecordError, TelemetryError
 from .interfaces import PublishConflict, PublishError
 from .manifests import Manifest, manifest_key
-from .process_state import InstanceLock, WorkState, fsync_directory, next_seq, write_json_atomically
+from .atomic_files import fsync_directory, write_json_atomically
+from .process_state import InstanceLock, WorkState, next_seq
 from .publish_local import sha256_of
 from .record_decoder import convert, decode, serialize
 from .revisions import HgwebError

@@ -17,6 +17,7 @@ import tempfile
 from pathlib import Path, PurePosixPath
 from typing import IO, Any, Iterator
 
+from .atomic_files import fsync_directory
 from .hookspecs import hookimpl
 from .interfaces import PublishConflict, PublishedFile, PublishError, StoredObject
 
@@ -39,14 +40,6 @@ def check_key(key: str) -> str:
             or any(part in ("", ".", "..") for part in parts) or key.endswith("/")):
         raise PublishError(f"refusing to publish to unsafe key {key!r}")
     return key
-
-
-def fsync_directory(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class LocalArchive:
