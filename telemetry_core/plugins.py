@@ -63,6 +63,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "telemetry_core.mapreduce_local",
     "telemetry_core.mapreduce_spark",
     "telemetry_core.mapreduce_command",
+    "telemetry_core.doctor",
 )
 
 BUILTIN_DISTRIBUTION = "telemetry-core"
