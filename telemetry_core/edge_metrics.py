@@ -39,6 +39,7 @@ from typing import Any, Callable
 from greplin import scales
 
 from .metrics import Family, LatencyStat, add_families, render_families, snapshot
+from .spool import process_alive
 
 __all__ = ["EdgeStats", "NodeMetrics", "SupervisorStats", "merge_trees", "snapshot_path", "write_document"]
 
@@ -132,15 +133,7 @@ def write_document(path: Path, document: dict[str, Any]) -> None:
 
 
 def _pid_alive(pid: Any) -> bool:
-    if not isinstance(pid, int) or pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    return isinstance(pid, int) and not isinstance(pid, bool) and process_alive(pid)
 
 
 class NodeMetrics:

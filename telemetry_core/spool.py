@@ -518,7 +518,7 @@ def _finish_if_orphaned(source: Path, target: Path, pid: int, *, stale_after_s: 
         if stat.st_nlink == 0:
             return None  # renamed or removed while we waited
         stale = now - stat.st_mtime > stale_after_s
-        if _process_alive(pid) and not stale:
+        if process_alive(pid) and not stale:
             return None
         _sync_file(fd)
         _rename_no_clobber(source, target)
@@ -529,7 +529,7 @@ def _finish_if_orphaned(source: Path, target: Path, pid: int, *, stale_after_s: 
         os.close(fd)
 
 
-def _process_alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
     """True when a process with this pid exists (it may be a different program after reuse)."""
     if pid <= 0:
         return False

@@ -797,9 +797,9 @@ def test_process_alive_reports_dead_and_invalid_pids() -> None:
     child = context.Process(target=os.getpid)
     child.start()
     child.join(60)  # exited and reaped: its pid is free
-    assert spool_module._process_alive(os.getpid())
-    assert not spool_module._process_alive(child.pid)
-    assert not spool_module._process_alive(0) and not spool_module._process_alive(-1)
+    assert spool_module.process_alive(os.getpid())
+    assert not spool_module.process_alive(child.pid)
+    assert not spool_module.process_alive(0) and not spool_module.process_alive(-1)
 
 
 # ---------------------------------------------------------------- reader details
