@@ -19,8 +19,6 @@ starts after an ``os.sync()``, and the best of ``--repeat`` is reported.  Not a 
 from __future__ import annotations
 
 import argparse
-import gzip
-import json
 import os
 import shutil
 import sys
@@ -32,31 +30,11 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from telemetry_core.spool import FsyncPolicy, SpoolReader, SpoolWriter  # noqa: E402
+from telemetry_core.edge_bench import ping_bodies, read_ping  # noqa: E402
+from telemetry_core.spool import FsyncPolicy, SpoolWriter  # noqa: E402
 
 FIXTURE = REPO / "tests" / "fixtures" / "payload_v1_packed_log__telemetry1.log"
 DIMENSIONS = "saved-session/Firefox/23.0.1/release/20130814063812"
-
-
-def realistic_bodies(count: int, target_bytes: int, compress: bool) -> list[bytes]:
-    """``count`` distinct ping bodies of about ``target_bytes`` of JSON each."""
-    (record,) = SpoolReader(FIXTURE)
-    ping = json.loads(gzip.decompress(record.body))
-    histograms = ping["histograms"]
-    bodies = []
-    for i in range(count):
-        trimmed = dict(ping, histograms={})
-        trimmed["info"] = dict(ping["info"], benchmarkId=str(uuid.UUID(int=i)))
-        size = len(json.dumps(trimmed, separators=(",", ":")))
-        for name, value in histograms.items():
-            added = len(json.dumps({name: value}, separators=(",", ":")))
-            if size + added > target_bytes:
-                break
-            trimmed["histograms"][name] = value
-            size += added
-        body = json.dumps(trimmed, separators=(",", ":")).encode()
-        bodies.append(gzip.compress(body, 6) if compress else body)
-    return bodies
 
 
 def time_bare_writes(directory: Path, bodies: list[bytes], policy: FsyncPolicy) -> float:
@@ -116,7 +94,7 @@ def main() -> None:
                         help="where to write (use the disk the spool will live on)")
     args = parser.parse_args()
 
-    pool = realistic_bodies(64, args.body_bytes, args.gzip)
+    pool = ping_bodies(read_ping(FIXTURE), 64, args.body_bytes, compress=args.gzip)
     args.dir.mkdir(parents=True, exist_ok=True)
     directory = Path(tempfile.mkdtemp(prefix="spool-bench-", dir=args.dir))
     mean_body = sum(map(len, pool)) / len(pool)

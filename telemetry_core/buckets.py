@@ -1,6 +1,6 @@
 """Bucket lower bounds of Firefox histograms, exactly as the 2013 tools computed them.
 
-Three jobs, all pure functions (see ``../shared/HISTOGRAMS.md`` §1):
+Three jobs, all pure functions (see ``docs/convert.md``, bucket rules):
 
 * :func:`evaluate_integer` reads the 2013 numeric strings and expressions
   (``"10000"``, ``"10 * 1000"``, ``"80 + 1"``) with a tiny whitelist

@@ -58,9 +58,9 @@ import click
 from .errors import TelemetryError
 from .hookspecs import hookimpl
 from .interfaces import InputFile, InputSource, JobSpec
-from .mapreduce_job import JobScript, load_job
-from .mapreduce_tasks import (READ_ERRORS, JobAborted, MapTask, ReduceTask, TaskStats, adapt_filters, balance,
-                              partition_of)
+from .mapreduce_job import JobScript
+from .mapreduce_tasks import (READ_ERRORS, JobAborted, MapTask, ReduceTask, TaskStats, balance, partition_of,
+                              plan_job)
 
 log = logging.getLogger(__name__)
 
@@ -275,11 +275,9 @@ class LocalExecutor:
 
     def run(self, job: JobSpec, inputs: Iterable[InputFile], source: InputSource) -> dict[str, Any]:
         started = time.monotonic()
-        items = list(inputs)
-        script = load_job(job.job_path)
-        filters = adapt_filters(self.engine.record_filters(job=job))
-        mappers = max(1, min(job.mappers, len(items))) if items else 0
-        reducers = max(1, job.reducers)
+        plan = plan_job(self.engine, job, inputs)
+        items, script, filters, mappers, reducers = (plan.items, plan.script, plan.filters, plan.mappers,
+                                                     plan.reducers)
         partitions = balance(items, mappers) if mappers else []
         context = multiprocessing.get_context("fork")
         stats = TaskStats()

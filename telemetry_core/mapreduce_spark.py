@@ -46,9 +46,9 @@ from typing import Any, Iterable, Iterator
 from .errors import ConfigError
 from .hookspecs import hookimpl
 from .interfaces import InputFile, InputSource, JobSpec
-from .mapreduce_job import load_job, load_job_source
+from .mapreduce_job import load_job_source
 from .mapreduce_local import ExecutorError, merge_sorted, work_directory
-from .mapreduce_tasks import READ_ERRORS, JobAborted, MapTask, ReduceTask, TaskStats, adapt_filters, balance, \
+from .mapreduce_tasks import READ_ERRORS, JobAborted, MapTask, ReduceTask, TaskStats, balance, plan_job, \
     stable_hash
 
 log = logging.getLogger(__name__)
@@ -208,11 +208,9 @@ class SparkExecutor:
 
     def run(self, job: JobSpec, inputs: Iterable[InputFile], source: InputSource) -> dict[str, Any]:
         started = time.monotonic()
-        items = list(inputs)
-        script = load_job(job.job_path)
-        filters = adapt_filters(self.engine.record_filters(job=job))
-        mappers = max(1, min(job.mappers, len(items))) if items else 0
-        reducers = max(1, job.reducers)
+        plan = plan_job(self.engine, job, inputs)
+        items, script, filters, mappers, reducers = (plan.items, plan.script, plan.filters, plan.mappers,
+                                                     plan.reducers)
         result: dict[str, Any] = {"executor": "spark", "mappers": mappers, "reducers": reducers}
         stats = TaskStats()
         work = work_directory(job, self.engine)

@@ -37,7 +37,7 @@ from typing import IO, Any, Callable, Iterable, Sequence
 
 from .errors import TelemetryError
 from .interfaces import InputFile, JobContext, JobSpec, RecordFilter
-from .mapreduce_job import JobScript, user_traceback
+from .mapreduce_job import JobScript, load_job, user_traceback
 
 log = logging.getLogger(__name__)
 
@@ -137,6 +137,27 @@ def stable_hash(key: Any) -> int:
 def partition_of(key: Any, partitions: int) -> int:
     """The reducer (``0 .. partitions-1``) a key goes to."""
     return stable_hash(key) % partitions if partitions > 1 else 0
+
+
+@dataclass(frozen=True)
+class JobPlan:
+    """What every executor settles before running: the inputs, the loaded job
+    script, the read-time filters and how many mappers and reducers to use."""
+
+    items: list[InputFile]
+    script: JobScript
+    filters: list[Callable[[str, Any, bytes], bool]]
+    mappers: int
+    reducers: int
+
+
+def plan_job(engine: Any, job: JobSpec, inputs: Iterable[InputFile]) -> JobPlan:
+    """Load the job script and filters; never more mappers than input files."""
+    items = list(inputs)
+    return JobPlan(items=items, script=load_job(job.job_path),
+                   filters=adapt_filters(engine.record_filters(job=job)),
+                   mappers=max(1, min(job.mappers, len(items))) if items else 0,
+                   reducers=max(1, job.reducers))
 
 
 def balance(items: Sequence[InputFile], partitions: int) -> list[list[InputFile]]:
