@@ -25,6 +25,8 @@ each is reported (noise from other processes only ever adds time):
   payload: a conversion that cost nothing (v2 arrays hold a number for every
   bucket, so they take longer to serialize than the sparse v1 objects);
 * ``convert`` -- ``orjson.loads``, :func:`convert_payload`, ``orjson.dumps``: the pipeline;
+* ``python``  -- the pipeline without the compiled fast path (``_convert_speedups``),
+  as on a machine where the C extension could not be built;
 * ``stdlib``  -- the same conversion with ``json.loads``/``json.dumps``.
 
 It prints records/s and MB/s (input bytes) for each, then the ratios
@@ -53,6 +55,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from telemetry_core.buckets import DefinitionError  # noqa: E402
+from telemetry_core import conversion  # noqa: E402
 from telemetry_core.conversion import convert_payload  # noqa: E402
 from telemetry_core.histogram_spec import HistogramSpec  # noqa: E402
 from telemetry_core.spool import SpoolReader  # noqa: E402
@@ -152,6 +155,14 @@ def convert_with_orjson(body: bytes, spec: HistogramSpec) -> bytes:
     return orjson.dumps(payload)
 
 
+def convert_in_python(body: bytes, spec: HistogramSpec) -> bytes:
+    compiled, conversion._compiled_histograms = conversion._compiled_histograms, None
+    try:
+        return convert_with_orjson(body, spec)
+    finally:
+        conversion._compiled_histograms = compiled
+
+
 def convert_with_stdlib(body: bytes, spec: HistogramSpec) -> bytes:
     payload = json.loads(body)
     convert_payload(payload, spec)
@@ -159,7 +170,8 @@ def convert_with_stdlib(body: bytes, spec: HistogramSpec) -> bytes:
 
 
 METHODS: dict[str, Callable[[bytes, HistogramSpec], bytes]] = {
-    "limit": limit, "ceiling": ceiling, "convert": convert_with_orjson, "stdlib": convert_with_stdlib,
+    "limit": limit, "ceiling": ceiling, "convert": convert_with_orjson, "python": convert_in_python,
+    "stdlib": convert_with_stdlib,
 }
 CONVERTED: dict[bytes, dict[str, Any]] = {}  # input body -> its v2 payload, for ``ceiling``
 
@@ -169,8 +181,9 @@ def check_outputs_agree(inputs: list[tuple[bytes, HistogramSpec]]) -> None:
     keeps each v2 payload for ``ceiling``."""
     for body, spec in inputs:
         converted = orjson.loads(convert_with_orjson(body, spec))
-        if converted != json.loads(convert_with_stdlib(body, spec)):
-            raise SystemExit("convert and stdlib outputs differ; fix that before timing")
+        if converted != json.loads(convert_with_stdlib(body, spec)) or \
+                convert_in_python(body, spec) != convert_with_orjson(body, spec):
+            raise SystemExit("convert, python and stdlib outputs differ; fix that before timing")
         CONVERTED[body] = converted
 
 
@@ -212,7 +225,10 @@ def main(argv: list[str] | None = None) -> None:
     for name, seconds in best.items():
         print(f"  {name:8} {records / seconds:9.0f} records/s {input_bytes / seconds / 1e6:8.1f} MB/s "
               f"{seconds / records * 1e6:9.1f} us/record")
+    if not conversion.COMPILED:
+        print("note: the compiled fast path is not built; 'convert' ran in pure Python too")
     print(f"convert / limit  = {best['limit'] / best['convert']:.2f}  (target >= 0.60)")
+    print(f"python / limit   = {best['limit'] / best['python']:.2f}  (without the compiled fast path)")
     print(f"ceiling / limit  = {best['limit'] / best['ceiling']:.2f}  (the best any conversion could do: "
           "the v2 output is denser to serialize)")
     print(f"convert / stdlib = {best['stdlib'] / best['convert']:.2f}")

@@ -200,6 +200,17 @@ else
         DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends openjdk-17-jre-headless
         CHANGED=$((CHANGED + 1))
     fi
+    # A C compiler and the Python headers build the converter's compiled fast path;
+    # without them pip installs the pure-Python converter (same results, slower).
+    build_packages=()
+    command -v cc > /dev/null || build_packages+=(gcc libc6-dev)
+    python3 -c 'import os, sys, sysconfig
+sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))' || build_packages+=(python3-dev)
+    if ((${#build_packages[@]})); then
+        apt-get update -q
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${build_packages[@]}"
+        CHANGED=$((CHANGED + 1))
+    fi
     stamp="$VENV/.telemetry-bootstrap"
     if [ ! -x "$VENV/bin/python" ]; then
         if ! python3 -c 'import ensurepip, venv' 2> /dev/null; then  # Debian splits venv out of python3
@@ -215,7 +226,7 @@ else
     wanted="${PIP[*]}"
     if [ -d "$PACKAGE" ]; then
         wanted="$wanted $(find "$PACKAGE/setup.py" "$PACKAGE/telemetry_core" -type f \
-            \( -name '*.py' -o -name '*.json' \) -print0 | sort -z | xargs -0 sha256sum | sha256sum | cut -c1-64)"
+            \( -name '*.py' -o -name '*.json' -o -name '*.c' \) -print0 | sort -z | xargs -0 sha256sum | sha256sum | cut -c1-64)"
     fi
     if [ "$(cat "$stamp" 2>/dev/null)" != "$wanted" ]; then
         "${PIP[@]}"

@@ -17,7 +17,10 @@ one dict lookup per ``values`` entry.  :func:`histogram_array` tries a fast
 path written for the shapes Firefox sends; anything else (a missing
 statistic, a bad key ...) is redone by :func:`_checked_array`, the
 reference implementation, which either gives the same array or names the
-problem.
+problem.  The compiled module ``_convert_speedups`` (an optional C
+extension built at install time) runs the same fast path over a whole
+payload and leaves every other histogram to this code; :data:`COMPILED`
+says whether it is in use.  Both give the same arrays and the same errors.
 """
 
 from __future__ import annotations
@@ -27,6 +30,13 @@ from typing import Any, Mapping
 from .buckets import DefinitionError, UnresolvedConstantError
 from .errors import RecordError
 from .histogram_spec import BucketIndex, HistogramSpec, addon_histogram_index
+
+try:
+    from ._convert_speedups import convert_histograms as _compiled_histograms
+except ImportError:  # installed without a C compiler: the Python code below does the same, slower
+    _compiled_histograms = None
+#: Whether the compiled fast path is in use (``telemetry doctor`` reports it).
+COMPILED = _compiled_histograms is not None
 
 STATISTIC_KEYS = ("sum", "log_sum", "log_sum_squares", "sum_squares_lo", "sum_squares_hi")
 #: Written in place of a statistic the histogram does not have.
@@ -68,15 +78,19 @@ def convert_payload(payload: dict[str, Any], spec: HistogramSpec) -> list[str]:
     payload is left unchanged.
     """
     histograms = _classic_histograms(payload)
-    converted: dict[str, list[Any]] = {}
+    done = None if _compiled_histograms is None else _compiled_histograms(histograms, spec.cached_indexes)
+    # ``converted`` keeps the input order; the compiled pass leaves None for ``pending`` names.
+    converted, pending = ({}, histograms) if done is None else done
     warnings: list[str] = []
     cached_index = spec.cached_index
-    for name, histogram in histograms.items():
+    for name in pending:
+        histogram = histograms[name]
         index = cached_index(name)
         if index is None:
             index = _spec_index(spec, name, histogram)
             if index is None:
                 warnings.append(UNKNOWN_HISTOGRAM)
+                converted.pop(name, None)
                 continue
         converted[name] = histogram_array(name, histogram, index)
     payload["histograms"] = converted
@@ -200,12 +214,18 @@ def _classic_histograms(payload: Any) -> dict[str, Any]:
 def _spec_index(spec: HistogramSpec, name: str, histogram: Any) -> BucketIndex | None:
     """The index of ``name`` when it is not cached yet: computed, resolved from the
     ping for a C++ constant, ``None`` when unknown, or a :class:`RecordError`."""
+    # RecordErrors are raised after the except blocks: raised inside one, the caught
+    # error and the new one's frames would form a cycle holding the payload until
+    # the cyclic GC runs.
     try:
         return spec.index(name)
     except UnresolvedConstantError:
-        return _index_from_ping(spec, name, histogram)
+        problem = None
     except DefinitionError as error:
-        raise RecordError("conversion_error", f"{error}{_in_revision(spec)}") from None
+        problem = f"{error}{_in_revision(spec)}"
+    if problem is not None:
+        raise RecordError("conversion_error", problem)
+    return _index_from_ping(spec, name, histogram)
 
 
 def _index_from_ping(spec: HistogramSpec, name: str, histogram: Any) -> BucketIndex:
@@ -217,7 +237,11 @@ def _index_from_ping(spec: HistogramSpec, name: str, histogram: Any) -> BucketIn
                              value_range=histogram.get("range"),
                              histogram_type=histogram.get("histogram_type"))
     except DefinitionError as error:
-        raise RecordError("bad_payload", f"{error}{_in_revision(spec)}") from None
+        problem = f"{error}{_in_revision(spec)}"
+    else:
+        problem = None
+    if problem is not None:
+        raise RecordError("bad_payload", problem)
     assert index is not None, "index() raised for this name, so the spec defines it"
     return index
 

@@ -331,6 +331,18 @@ def check_histograms(config: Any, timeout: float, references: list[tuple[str, fl
     return CheckResult("histograms", OK, f"server {server} reachable (HTTP {answer.status_code}); {offline}")
 
 
+def check_converter(compiled: bool | None = None) -> CheckResult:
+    """Whether histogram conversion runs compiled (``_convert_speedups``) or in pure Python."""
+    if compiled is None:
+        from .conversion import COMPILED as compiled
+    if compiled:
+        return CheckResult("converter", OK, "compiled fast path in use")
+    return CheckResult("converter", WARN, "pure-Python conversion (the C extension was not built): "
+                                          "same results, about 3x slower",
+                       "install a C compiler and the Python headers (apt-get install build-essential "
+                       "python3-dev), then reinstall telemetry-core")
+
+
 def check_spark(config: Any, timeout: float) -> CheckResult:
     """When ``reduce.executor`` is spark: a Java runtime runs and pyspark imports."""
     executor = config["reduce"]["executor"]
@@ -369,6 +381,7 @@ def run_checks(config: Any, *, now: float | None = None) -> list[CheckResult]:
         lambda: check_s3(config, timeout, references),
         lambda: [check_redis(config, timeout)],
         lambda: [check_histograms(config, timeout, references)],
+        lambda: [check_converter()],
         lambda: [check_spark(config, timeout)],
         lambda: [check_clock(references[0] if references else None, config, now=now)],
     ]

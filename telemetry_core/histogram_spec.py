@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import functools
 import weakref
+from array import array
 from dataclasses import dataclass
 from typing import Any, Iterator, Mapping, Sequence
 
@@ -39,6 +40,8 @@ from .buckets import (
 STARTUP_PREFIX = "STARTUP_"
 #: Number of statistics after the buckets in a v2 histogram array.
 STATISTICS_COUNT = 5
+#: C++ constants resolved from pings' parameters kept per spec (then it starts over).
+RESOLVED_CACHE_SIZE = 256
 
 
 @dataclass(frozen=True, slots=True, eq=False, weakref_slot=True)
@@ -48,12 +51,15 @@ class BucketIndex:
     ping's ``values`` keys) to its index, and ``zeros``, one 0 per bucket
     (the start of every converted array).  When a bound repeats (only for an
     invalid linear low of 0), the last index wins, as on the original server.
-    ``position`` is shared: never modify it."""
+    ``position`` is shared: never modify it.  ``packed_bounds`` holds the
+    bounds as native signed 64-bit integers for the compiled converter
+    (empty if one did not fit)."""
 
     layout: BucketLayout
     bounds: tuple[int, ...]
     position: dict[str, int]
     zeros: tuple[int, ...]
+    packed_bounds: bytes = b""
 
     @property
     def bucket_count(self) -> int:
@@ -71,9 +77,17 @@ def bucket_index(layout: BucketLayout) -> BucketIndex:
     index = _LIVE_INDEXES.get(layout)
     if index is None:
         bounds = bucket_bounds(layout.kind, layout.low, layout.high, layout.n_buckets)
-        index = BucketIndex(layout, bounds, {str(bound): i for i, bound in enumerate(bounds)}, (0,) * len(bounds))
+        index = BucketIndex(layout, bounds, {str(bound): i for i, bound in enumerate(bounds)}, (0,) * len(bounds),
+                            _packed(bounds))
         _LIVE_INDEXES[layout] = index
     return index
+
+
+def _packed(bounds: tuple[int, ...]) -> bytes:
+    try:
+        return array("q", bounds).tobytes()
+    except OverflowError:  # not for a valid layout (bounds <= MAX_BOUND); the Python path copes
+        return b""
 
 
 class HistogramSpec:
@@ -91,9 +105,14 @@ class HistogramSpec:
         self._definitions = dict(definitions)
         self._index_by_name: dict[str, BucketIndex] = {}      # ping names, STARTUP_ aliases included
         self._outcome_by_definition: dict[str, BucketIndex | DefinitionError] = {}
+        # (definition, bucket_count, range, histogram_type) -> index resolved from a ping
+        self._resolved: dict[tuple[str, int | None, tuple[int, int], int | None], BucketIndex] = {}
         #: ``cached_index(name)``: the index of ``name`` if :meth:`index` already
         #: computed it, else ``None`` -- a dict lookup, for converters' hot loops.
         self.cached_index = self._index_by_name.get
+        #: The same cache as a dict (ping name -> :class:`BucketIndex`), for the
+        #: compiled converter.  Read it, never modify it.
+        self.cached_indexes: Mapping[str, BucketIndex] = self._index_by_name
 
     @classmethod
     def from_json(cls, document: bytes | str, *, revision: str | None = None) -> HistogramSpec:
@@ -174,11 +193,30 @@ class HistogramSpec:
         value is missing or anything disagrees.  Definitions without a
         constant ignore the ping's parameters, as the original converter did.
         """
-        try:
-            return self.index(name)
-        except UnresolvedConstantError as unresolved:
-            layout = _layout_from_ping(unresolved, bucket_count, value_range, histogram_type)
-            return bucket_index(layout)
+        index = self._index_by_name.get(name)
+        if index is not None:
+            return index
+        definition_name = self.definition_name(name)
+        if definition_name is None:
+            return None
+        outcome = self._definition_outcome(definition_name)
+        if isinstance(outcome, BucketIndex):
+            self._index_by_name[name] = outcome
+            return outcome
+        if not isinstance(outcome, UnresolvedConstantError):
+            raise _fresh(outcome)
+        # Every ping of a revision sends the same parameters for a C++ constant:
+        # remember the outcome per exact-int parameters, in a bounded dict.
+        key = (definition_name, bucket_count, tuple(value_range), histogram_type) \
+            if _are_ints(bucket_count, histogram_type) and _is_int_pair(value_range) else None
+        index = self._resolved.get(key) if key is not None else None
+        if index is None:
+            index = bucket_index(_layout_from_ping(outcome, bucket_count, value_range, histogram_type))
+            if key is not None:
+                if len(self._resolved) >= RESOLVED_CACHE_SIZE:
+                    self._resolved.clear()
+                self._resolved[key] = index
+        return index
 
     def definition_errors(self) -> dict[str, DefinitionError]:
         """Every definition of this revision that gives no bounds, with its error."""
@@ -188,7 +226,7 @@ class HistogramSpec:
     def _definition_index(self, definition_name: str) -> BucketIndex:
         outcome = self._definition_outcome(definition_name)
         if isinstance(outcome, DefinitionError):
-            raise outcome.with_traceback(None)  # a fresh traceback each time; the error is shared
+            raise _fresh(outcome)
         return outcome
 
     def _definition_outcome(self, definition_name: str) -> BucketIndex | DefinitionError:
@@ -202,8 +240,25 @@ class HistogramSpec:
         try:
             layout = parse_definition(definition_name, self._definitions[definition_name])
         except DefinitionError as error:
-            return error
+            # Remembered for the spec's life: drop the traceback, whose frames
+            # would keep the payload being converted alive with it.
+            error.__context__ = None
+            return error.with_traceback(None)
         return bucket_index(layout)
+
+
+def _fresh(error: DefinitionError) -> DefinitionError:
+    """A copy of a remembered error, to raise.  Raising the remembered one itself
+    would hang each raise's traceback -- and the caller's frames, payload
+    included -- on it until the next raise."""
+    copy = type(error).__new__(type(error), *error.args)
+    copy.args = error.args
+    copy.__dict__.update(error.__dict__)
+    return copy
+
+
+def _are_ints(*values: Any) -> bool:
+    return all(value is None or type(value) is int for value in values)
 
 
 def _for(revision: str | None) -> str:

@@ -30,6 +30,14 @@ AURORA_23 = FIXTURES / "histograms_json__FIREFOX_AURORA_23_BASE__as_a55c55edf302
 FIXTURE_REVISION = "http://hg.mozilla.org/releases/mozilla-release/rev/a55c55edf302"
 
 
+@pytest.fixture(autouse=True, params=["compiled", "python"])
+def implementation(request, monkeypatch) -> str:
+    """Every test here runs with the compiled fast path and with pure Python."""
+    if request.param == "python":
+        monkeypatch.setattr("telemetry_core.conversion._compiled_histograms", None)
+    return request.param
+
+
 @pytest.fixture(scope="module")
 def aurora_23() -> HistogramSpec:
     return HistogramSpec.from_json(AURORA_23.read_bytes(), revision=FIXTURE_REVISION)

@@ -127,6 +127,15 @@ def test_healthy_local_node_exits_0(tmp_path, node):
     assert line(output, "histograms").startswith("ok")
     assert line(output, "clock").startswith("ok") and "within" in line(output, "clock")
     assert line(output, "s3").startswith("skip") and line(output, "redis").startswith("skip")
+    assert line(output, "converter") == "ok    converter: compiled fast path in use"
+
+
+def test_pure_python_converter_warns_with_the_fix_and_still_exits_0(tmp_path, node, monkeypatch):
+    monkeypatch.setattr("telemetry_core.conversion.COMPILED", False)
+    code, output = doctor(tmp_path, node)
+    assert code == 0, output
+    text = line(output, "converter")
+    assert text.startswith("warn") and "pure-Python" in text and "build-essential python3-dev" in text
 
 
 def test_healthy_s3_redis_spark_node_exits_0_through_the_console_script(
