@@ -15,6 +15,11 @@ to about ``--body-bytes`` of JSON):
 * **edge**: ``telemetry serve`` with one worker, the built-in plugins,
   spooling on with the default fsync policy (``interval``, 1 s).
 
+Each line also shows the server's CPU time per request (from /proc):
+``loop`` for the main threads, which run the event loops, ``threads``
+for the others (the edge's spool threads), so where the time goes is
+visible run by run.
+
 Runs alternate; the table shows the best of ``--repeat`` for each server,
 and the ratio edge req/s / baseline req/s (issue 3's target: at least 0.6)
 is printed both from those bests and as the median over back-to-back
@@ -108,11 +113,38 @@ def stop(process: subprocess.Popen) -> None:
         process.wait()
 
 
-def measure(port: int, bodies: list[bytes], args: argparse.Namespace) -> tuple[LoadResult, float]:
+def thread_cpu(pids: list[int]) -> dict[str, float]:
+    """CPU seconds used so far by ``pids``: their main threads (the event loops) as
+    ``loop``, all their other threads (the spool threads, mostly) as ``threads``."""
+    totals = {"loop": 0.0, "threads": 0.0}
+    ticks = os.sysconf("SC_CLK_TCK")
+    for pid in pids:
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            try:
+                fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+            except (FileNotFoundError, ProcessLookupError):
+                continue  # a thread that ended meanwhile
+            totals["loop" if task.name == str(pid) else "threads"] += (int(fields[11]) + int(fields[12])) / ticks
+    return totals
+
+
+def measure(port: int, bodies: list[bytes], args: argparse.Namespace,
+            server_pids: list[int]) -> tuple[LoadResult, float, dict[str, float]]:
+    """One load run: its result, the client's share of a core, and the server's CPU
+    microseconds per request (see :func:`thread_cpu`)."""
     cpu = time.process_time()
+    before = thread_cpu(server_pids)
     result = asyncio.run(generate_load("127.0.0.1", port, bodies=bodies, connections=args.connections,
                                        duration=args.duration, compress=args.gzip, batch=args.batch))
-    return result, (time.process_time() - cpu) / result.seconds
+    after = thread_cpu(server_pids)
+    per_request = {name: (after[name] - before.get(name, 0.0)) / max(result.requests, 1) * 1e6
+                   for name in after if after[name] > before.get(name, 0.0)}
+    return result, (time.process_time() - cpu) / result.seconds, per_request
+
+
+def worker_pids(port: int) -> list[int]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/status", timeout=5) as response:
+        return [worker["pid"] for worker in json.load(response)["workers"].values()]
 
 
 def worker_memory(port: int) -> list[tuple[int, int, int]]:
@@ -135,12 +167,14 @@ def worker_memory(port: int) -> list[tuple[int, int, int]]:
     return out
 
 
-def describe(name: str, result: LoadResult, client_cpu: float) -> str:
+def describe(name: str, result: LoadResult, client_cpu: float, server_cpu: dict[str, float]) -> str:
     s = result.summary()
     errors = sum(result.errors.values())
+    threads = ", ".join(f"{thread} {micros:.0f}" for thread, micros in
+                        sorted(server_cpu.items(), key=lambda item: -item[1]) if micros >= 1)
     return (f"{name:<22} {s['requests_per_s']:>9,.0f} {s['mb_per_s']:>7.1f} {s['latency_ms']['p50']:>7.2f} "
             f"{s['latency_ms']['p95']:>7.2f} {s['latency_ms']['p99']:>7.2f} {s['latency_ms']['max']:>8.2f} "
-            f"{errors:>6} {client_cpu:>9.0%}")
+            f"{errors:>6} {client_cpu:>9.0%}  {threads}")
 
 
 def main() -> None:
@@ -167,15 +201,16 @@ def main() -> None:
           f"{args.duration:g} s per run, best of {args.repeat}, bodies {mean_body / 1000:.1f} kB "
           f"({'gzip' if args.gzip else 'plain JSON'}){f', batches of {args.batch}' if args.batch else ''}")
     print(f"{'server':<22} {'req/s':>9} {'MB/s':>7} {'p50 ms':>7} {'p95 ms':>7} {'p99 ms':>7} {'max ms':>8} "
-          f"{'errors':>6} {'client CPU':>9}")
+          f"{'errors':>6} {'client CPU':>9}  server CPU us/request")
     baseline_port, edge_port = free_port(), free_port()
     baseline = start_baseline(baseline_port)
     edge = start_edge(edge_port, 1, directory / "one")
     try:
-        runs: dict[str, list[tuple[LoadResult, float]]] = {"baseline": [], "edge": []}
+        runs: dict[str, list[tuple[LoadResult, float, dict[str, float]]]] = {"baseline": [], "edge": []}
+        edge_pids = worker_pids(edge_port)
         for _ in range(args.repeat):
-            runs["baseline"].append(measure(baseline_port, bodies, args))
-            runs["edge"].append(measure(edge_port, bodies, args))
+            runs["baseline"].append(measure(baseline_port, bodies, args, [baseline.pid]))
+            runs["edge"].append(measure(edge_port, bodies, args, edge_pids))
         best = {name: max(results, key=lambda r: r[0].requests_per_s) for name, results in runs.items()}
         print(describe("aiohttp minimal app", *best["baseline"]))
         print(describe("edge, 1 worker", *best["edge"]))
@@ -185,7 +220,9 @@ def main() -> None:
         stop(edge)
     edge_two = start_edge(edge_port, 2, directory / "two")
     try:
-        two = max((measure(edge_port, bodies, args) for _ in range(args.repeat)), key=lambda r: r[0].requests_per_s)
+        two_pids = worker_pids(edge_port)
+        two = max((measure(edge_port, bodies, args, two_pids) for _ in range(args.repeat)),
+                  key=lambda r: r[0].requests_per_s)
         print(describe("edge, 2 workers", *two))
         memory_two = worker_memory(edge_port)
     finally:

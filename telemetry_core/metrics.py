@@ -27,6 +27,7 @@ import re
 import time
 from collections import UserDict, deque
 from pathlib import Path
+from threading import get_ident
 from typing import Any, Callable, Iterator
 
 from greplin import scales
@@ -171,8 +172,13 @@ class HookCallMonitor:
     """Records calls, errors and latency of every hook call into scales."""
 
     def __init__(self) -> None:
-        self._starts: contextvars.ContextVar[tuple[float, ...]] = contextvars.ContextVar(
-            "telemetry_hook_starts", default=())
+        # One list of start times per context and thread, pushed and popped in place
+        # (cheaper than a new tuple per call).  Its first item is the owning thread's
+        # id: a context copied into another thread (asyncio.to_thread) gets a list of
+        # its own there.  Within a thread, tasks may share a list: a hook's
+        # implementations are plain functions, so a push and its pop never straddle
+        # an ``await``.
+        self._starts: contextvars.ContextVar[list[float]] = contextvars.ContextVar("telemetry_hook_starts")
         self._stats: dict[str, Any] = {}
 
     def stats_for(self, hook_name: str) -> CallStats:
@@ -182,12 +188,14 @@ class HookCallMonitor:
         return stats
 
     def before(self, hook_name: str, hook_impls: list[Any], kwargs: dict[str, Any]) -> None:
-        self._starts.set(self._starts.get() + (time.perf_counter(),))
+        starts = self._starts.get(None)
+        if starts is None or starts[0] != get_ident():
+            starts = [get_ident()]
+            self._starts.set(starts)
+        starts.append(time.perf_counter())
 
     def after(self, outcome: Any, hook_name: str, hook_impls: list[Any], kwargs: dict[str, Any]) -> None:
-        starts = self._starts.get()
-        self._starts.set(starts[:-1])
-        elapsed = time.perf_counter() - starts[-1]
+        elapsed = time.perf_counter() - self._starts.get().pop()
         stats = self._stats.get(hook_name) or self.stats_for(hook_name)
         stats.record(elapsed, outcome.exception is not None)
 

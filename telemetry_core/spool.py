@@ -26,7 +26,7 @@ import mmap
 import os
 import re
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,6 +42,7 @@ from telemetry_core.spool_format import (
     SpoolRecordError,
     decode_records,
     encode_record,
+    encode_record_parts,
 )
 
 __all__ = [
@@ -70,6 +71,8 @@ _FILE_NAME = re.compile(r"(?P<node_id>[A-Za-z0-9][A-Za-z0-9_.-]{0,63})\.(?P<pid>
 #: Process-wide file sequence: two writers in one process never build the same name.
 _FILE_SEQUENCE = itertools.count()
 _OPEN_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC
+#: Records per ``writev`` (two buffers each; Linux takes at most 1024 buffers per call).
+_RECORDS_PER_WRITE = 256
 
 
 class SpoolWriteError(SpoolError):
@@ -88,9 +91,10 @@ class FsyncPolicy(enum.StrEnum):
       and on :meth:`SpoolWriter.poll`), and before a file is finished.  A
       machine crash loses at most the records of the last interval (plus
       the poll period when idle); finished files are complete on disk.
-    * ``always``: before :meth:`SpoolWriter.append` returns.  An
-      acknowledged record survives a machine crash (as far as the disk
-      honours flushes); one sync per record, so appends are much slower.
+    * ``always``: before :meth:`SpoolWriter.append` (or
+      :meth:`~SpoolWriter.append_many`) returns.  An acknowledged record
+      survives a machine crash (as far as the disk honours flushes); one
+      sync per write, so appends are much slower unless batched.
     """
 
     NONE = "none"
@@ -257,6 +261,82 @@ class SpoolWriter:
             self._sync(current, now)
         return len(record)
 
+    def append_many(self, submissions: Sequence[tuple[str, bytes | bytearray | memoryview, str | None, int | None]],
+                    ) -> list[int | SpoolError]:
+        """Append several submissions, each ``(path, body, client_addr, timestamp_ms)``, with
+        one gathered write per file (and, with ``fsync="always"``, one sync: a group commit).
+
+        Returns one result per submission, in order: the framed record's size
+        once it is written as the fsync policy promises, or the
+        :class:`SpoolError` that refused it.  Records go to the file in the
+        order given; rotation by size and age applies as with :meth:`append`.
+        A submission over the limits fails alone (:class:`SpoolRecordError`).
+        When the OS refuses a write, finishing or opening a file, that
+        record and every later one fail with the :class:`SpoolError`, and
+        nothing of a refused write stays in the file; when a sync fails,
+        the records of that write fail too although they are in the file,
+        as with :meth:`append` (the client retries; dedup drops the copy).
+        """
+        if self._closed:
+            raise SpoolError("append_many() on a closed SpoolWriter; create a new writer")
+        results: list[int | SpoolError] = [0] * len(submissions)
+        group: list[tuple[int, bytes, bytes | bytearray | memoryview]] = []  # (index, head, body), not written yet
+        group_bytes = 0
+        failure: SpoolError | None = None
+        now = self._monotonic()
+        for index, (path, body, client_addr, timestamp_ms) in enumerate(submissions):
+            if failure is not None:
+                results[index] = failure
+                continue
+            try:
+                head, body = encode_record_parts(path, body, client_addr=client_addr, limits=self.limits,
+                                                 timestamp_ms=self._wall_clock_ms() if timestamp_ms is None
+                                                 else timestamp_ms)
+            except SpoolRecordError as error:
+                results[index] = error
+                continue
+            size = len(head) + len(body)
+            try:
+                current = self._file
+                pending = current.size + group_bytes if current is not None else 0
+                rotate = current is not None and (now - current.opened_at >= self.max_file_age_s
+                                                  or (pending and pending + size > self.max_file_bytes))
+                if group and (rotate or len(group) == _RECORDS_PER_WRITE):
+                    failure = self._write_group(current, group, results, now)
+                    group, group_bytes = [], 0
+                if failure is None and rotate:
+                    self._finish_current()
+                if failure is None and self._file is None:
+                    self._open_new_file(now)
+            except SpoolError as error:  # finishing or opening a file failed
+                failure = error
+            if failure is not None:
+                results[index] = failure
+                continue
+            group.append((index, head, body))
+            group_bytes += size
+        if group and failure is None:
+            self._write_group(self._file, group, results, now)
+        return results
+
+    def _write_group(self, current: _OpenSpoolFile, group: list[tuple[int, bytes, bytes | bytearray | memoryview]],
+                     results: list[int | SpoolError], now: float) -> SpoolError | None:
+        """Write ``group`` to ``current`` with ``writev`` and sync per policy; fill ``results``.
+        Returns the error that failed the whole group, if one did."""
+        buffers = [part for _, head, body in group for part in (head, body)]
+        try:
+            self._write(current, buffers, records=len(group))
+            if self.fsync is FsyncPolicy.ALWAYS or (
+                    self.fsync is FsyncPolicy.INTERVAL and now - current.last_sync_at >= self.fsync_interval_s):
+                self._sync(current, now)
+        except SpoolWriteError as error:
+            for index, _, _ in group:
+                results[index] = error
+            return error
+        for index, head, body in group:
+            results[index] = len(head) + len(body)
+        return None
+
     def poll(self) -> Path | None:
         """Do what is due while idle: finish a file past its age, or sync per the interval.
 
@@ -315,21 +395,26 @@ class SpoolWriter:
         raise SpoolError(f"could not find an unused spool file name in {self.open_dir} after 100 "
                          "tries; check the clock and for another writer using this node id")
 
-    def _write(self, current: _OpenSpoolFile, record: bytes) -> None:
-        """One ``write`` of the whole record (more only if the kernel writes part of it)."""
+    def _write(self, current: _OpenSpoolFile, data: bytes | list[bytes | bytearray | memoryview], *,
+               records: int = 1) -> None:
+        """Append ``data`` (one record's bytes, or the buffers of ``records`` records) with one
+        ``write``/``writev``; more calls only if the kernel writes part of it."""
+        buffers = [data] if isinstance(data, (bytes, bytearray, memoryview)) else data
+        total = sum(len(buffer) for buffer in buffers)
         try:
-            written = os.write(current.fd, record)
-            while written < len(record):
-                written += os.write(current.fd, memoryview(record)[written:])
+            written = os.writev(current.fd, buffers) if len(buffers) > 1 else os.write(current.fd, buffers[0])
+            while written < total:
+                rest = b"".join(buffers)[written:]  # rare: a short write (signal, full disk)
+                written += os.write(current.fd, rest)
         except OSError as error:
             self.stats.write_errors += 1
             self._drop_partial_write(current)
             raise SpoolWriteError(f"cannot append to spool file {current.path}: {error.strerror}; "
                                   "free disk space or fix permissions, then retry") from error
-        current.size += len(record)
+        current.size += total
         current.dirty = True
-        self.stats.records += 1
-        self.stats.bytes += len(record)
+        self.stats.records += records
+        self.stats.bytes += total
 
     def _drop_partial_write(self, current: _OpenSpoolFile) -> None:
         """Cut the file back to its last whole record; if that fails, finish the file as it is."""

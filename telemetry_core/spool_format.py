@@ -244,6 +244,15 @@ def encode_record(path: str, body: bytes | bytearray | memoryview, *, timestamp_
     path or address cannot be encoded as UTF-8.  An empty string for
     ``client_addr`` is stored as present-but-empty; ``None`` as absent.
     """
+    head, body = encode_record_parts(path, body, timestamp_ms=timestamp_ms, client_addr=client_addr, limits=limits)
+    return head + body
+
+
+def encode_record_parts(path: str, body: bytes | bytearray | memoryview, *, timestamp_ms: int,
+                        client_addr: str | None = None,
+                        limits: SpoolLimits = DEFAULT_LIMITS) -> tuple[bytes, bytes | bytearray | memoryview]:
+    """The framed record of :func:`encode_record` as (everything before the body, the body),
+    for a gathered write (``os.writev``) that does not copy the body; raises the same errors."""
     path_bytes = _encode_text("path", path, limits.max_path_bytes)
     if client_addr is None:
         flags, addr_bytes = 0, b""
@@ -262,7 +271,7 @@ def encode_record(path: str, body: bytes | bytearray | memoryview, *, timestamp_
     record_crc = zlib.crc32(body, zlib.crc32(addr_bytes, zlib.crc32(path_bytes, head_crc)))
     record_crc_bytes = _CRC.pack(record_crc)
     header_crc_bytes = _CRC.pack(zlib.crc32(record_crc_bytes, head_crc))
-    return b"".join((head, record_crc_bytes, header_crc_bytes, path_bytes, addr_bytes, body))
+    return b"".join((head, record_crc_bytes, header_crc_bytes, path_bytes, addr_bytes)), body
 
 
 def _encode_text(field_name: str, text: str, limit: int) -> bytes:

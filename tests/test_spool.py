@@ -39,6 +39,7 @@ from telemetry_core.spool_format import (
     SpoolRecordError,
     decode_records,
     encode_record,
+    encode_record_parts,
 )
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -821,3 +822,138 @@ def test_reader_of_an_empty_file(tmp_path: Path) -> None:
 def test_reader_missing_file_raises_os_error(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError):
         SpoolReader(tmp_path / "absent").read_all()
+
+
+# ---------------------------------------------------------------- append_many (the edge's gathered writes)
+
+
+def submissions(count: int, size: int = 100, start: int = 0) -> list[tuple[str, bytes, str | None, int]]:
+    return [(f"id-{i}/p", bytes([i % 256]) * size, f"10.0.0.{i % 256}" if i % 2 else None, TS + i)
+            for i in range(start, start + count)]
+
+
+def test_append_many_writes_the_same_bytes_as_append(tmp_path: Path) -> None:
+    batch = submissions(40)
+    with SpoolWriter(tmp_path / "one", "node-a", fsync="none") as one:
+        sizes = [one.append(path, body, client_addr=addr, timestamp_ms=ts) for path, body, addr, ts in batch]
+    with SpoolWriter(tmp_path / "many", "node-a", fsync="none") as many:
+        assert many.append_many(batch[:25]) + many.append_many(batch[25:]) == sizes
+        assert many.stats.records == 40 and many.stats.bytes == sum(sizes)
+    (first,), (second,) = list_finished_files(tmp_path / "one"), list_finished_files(tmp_path / "many")
+    assert first.read_bytes() == second.read_bytes()
+
+
+def test_append_many_uses_one_gathered_write_per_group(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[int] = []
+    real_writev = os.writev
+
+    def counting_writev(fd: int, buffers: list[bytes]) -> int:
+        calls.append(len(buffers))
+        return real_writev(fd, buffers)
+
+    monkeypatch.setattr(spool_module.os, "writev", counting_writev)
+    with SpoolWriter(tmp_path, "node-a", fsync="none") as writer:
+        writer.append_many(submissions(600))
+    assert calls == [512, 512, 176]  # 256 records of two buffers per writev (Linux takes 1024 buffers)
+    (finished,) = list_finished_files(tmp_path)
+    assert [r.timestamp_ms for r in SpoolReader(finished)] == [TS + i for i in range(600)]
+
+
+def test_append_many_rotates_by_size_inside_a_batch(tmp_path: Path) -> None:
+    record_size = sum(map(len, encode_record_parts("id-0/p", b"x" * 100, timestamp_ms=TS)))
+    with SpoolWriter(tmp_path, "node-a", max_file_bytes=3 * record_size + 20, fsync="none") as writer:
+        writer.append_many([(path, body, None, ts) for path, body, _, ts in submissions(10)])
+    files = list_finished_files(tmp_path)
+    assert [len(SpoolReader(f).read_all()) for f in files] == [3, 3, 3, 1]
+    assert [r.timestamp_ms for f in files for r in SpoolReader(f)] == [TS + i for i in range(10)]
+
+
+def test_append_many_rotates_by_age_first(tmp_path: Path) -> None:
+    clock = FakeClock()
+    writer = SpoolWriter(tmp_path, "node-a", max_file_age_s=60, fsync="none", monotonic=clock)
+    writer.append("old", b"1")
+    clock.now += 60
+    writer.append_many(submissions(3))
+    (old,) = list_finished_files(tmp_path)
+    assert [r.path for r in SpoolReader(old)] == ["old"]
+    assert [r.path for r in SpoolReader(writer.close())] == ["id-0/p", "id-1/p", "id-2/p"]
+
+
+def test_append_many_refuses_a_bad_record_alone(tmp_path: Path) -> None:
+    writer = SpoolWriter(tmp_path, "node-a", fsync="none", limits=SpoolLimits(max_path_bytes=20, max_body_bytes=50))
+    results = writer.append_many([("ok-1", b"a", None, TS), ("x" * 21, b"b", None, TS), ("ok-2", b"c" * 51, None, TS),
+                                  ("ok-3", b"d", "\udcff", TS), ("ok-4", b"e", None, 2**64), ("ok-5", b"f", None, None)])
+    assert isinstance(results[0], int) and isinstance(results[5], int)
+    assert [type(r).__name__ for r in results[1:5]] == ["SpoolRecordError"] * 4
+    assert [r.path for r in SpoolReader(writer.close())] == ["ok-1", "ok-5"]
+
+
+def test_a_failed_gathered_write_fails_its_records_and_the_later_ones(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    writer = SpoolWriter(tmp_path, "node-a", fsync="none")
+    writer.append_many(submissions(2))
+    real_writev = os.writev
+
+    def half_then_enospc(fd: int, buffers: list[bytes]) -> int:
+        os.write(fd, b"".join(buffers)[: sum(map(len, buffers)) // 2])
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(spool_module.os, "writev", half_then_enospc)
+    monkeypatch.setattr(spool_module, "_RECORDS_PER_WRITE", 3)
+    results = writer.append_many(submissions(7, start=2))
+    assert all(isinstance(r, SpoolWriteError) and "No space left" in str(r) for r in results)
+    assert writer.stats.write_errors == 1  # the first group failed; the rest were not tried
+    monkeypatch.setattr(spool_module.os, "writev", real_writev)
+    assert all(isinstance(r, int) for r in writer.append_many(submissions(2, start=9)))
+    reader = SpoolReader(writer.close())
+    assert [r.timestamp_ms for r in reader] == [TS, TS + 1, TS + 9, TS + 10] and not reader.stats.skipped
+
+
+def test_short_gathered_writes_are_completed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    real_writev, real_write = os.writev, os.write
+    monkeypatch.setattr(spool_module.os, "writev", lambda fd, buffers: real_writev(fd, buffers[:1]))
+    monkeypatch.setattr(spool_module.os, "write", lambda fd, data: real_write(fd, bytes(data[:7])))
+    with SpoolWriter(tmp_path, "node-a", fsync="none") as writer:
+        writer.append_many(submissions(5, size=1000))
+    monkeypatch.undo()
+    reader = SpoolReader(list_finished_files(tmp_path)[0])
+    assert [r.timestamp_ms for r in reader] == [TS + i for i in range(5)] and not reader.stats.skipped
+
+
+def test_a_failure_to_open_the_next_file_fails_the_rest_of_the_batch(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    record_size = sum(map(len, encode_record_parts("id-0/p", b"x" * 100, timestamp_ms=TS)))
+    writer = SpoolWriter(tmp_path, "node-a", max_file_bytes=2 * record_size + 20, fsync="none")
+    real_open = os.open
+    opened = []
+
+    def second_open_fails(path, flags, mode=0o777):
+        if str(path).endswith(".spool"):
+            opened.append(path)
+            if len(opened) == 2:
+                raise OSError(13, "Permission denied")
+        return real_open(path, flags, mode)
+
+    monkeypatch.setattr(spool_module.os, "open", second_open_fails)
+    results = writer.append_many([(path, body, None, ts) for path, body, _, ts in submissions(5)])
+    assert [isinstance(r, int) for r in results] == [True, True, False, False, False]
+    assert "Permission denied" in str(results[2])
+    monkeypatch.undo()
+    (first,) = list_finished_files(tmp_path)
+    assert [r.timestamp_ms for r in SpoolReader(first)] == [TS, TS + 1]
+
+
+def test_fsync_always_syncs_once_per_gathered_write(tmp_path: Path, sync_calls: dict[str, int]) -> None:
+    writer = SpoolWriter(tmp_path, "node-a", fsync="always")
+    writer.append_many(submissions(30))
+    assert sync_calls["file"] == 1 and writer.stats.file_syncs == 1  # a group commit
+    writer.append_many(submissions(1, start=30))
+    assert sync_calls["file"] == 2
+    writer.close()
+
+
+def test_append_many_on_a_closed_writer_is_an_error(tmp_path: Path) -> None:
+    writer = SpoolWriter(tmp_path, "node-a")
+    writer.close()
+    with pytest.raises(SpoolError, match="closed"):
+        writer.append_many(submissions(1))
