@@ -111,10 +111,12 @@ class PublishedFile:
 
 @dataclass(frozen=True)
 class StoredObject:
-    """One entry of a publisher listing."""
+    """One entry of a publisher listing; ``modified`` is its last-modified time in
+    seconds since the epoch when the backend says (not compared for equality)."""
 
     key: str
     size: int
+    modified: float | None = field(default=None, compare=False)
 
 
 class PublishError(TelemetryError):

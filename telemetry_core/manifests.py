@@ -18,6 +18,7 @@ acknowledged submission is there once; it lists whatever does not hold.
 from __future__ import annotations
 
 import json
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Iterable
@@ -62,6 +63,8 @@ class Reconciliation:
     manifests: int = 0
     records: int = 0
     files: int = 0
+    #: Published files gone because their retention ended (not problems).
+    expired_files: int = 0
     problems: list[str] = field(default_factory=list)
     missing_ids: list[str] = field(default_factory=list)
     duplicated_ids: list[str] = field(default_factory=list)
@@ -71,13 +74,31 @@ class Reconciliation:
         return not (self.problems or self.missing_ids or self.duplicated_ids)
 
 
+#: A published file is written just before its manifest, so it may reach its
+#: retention age (and be deleted) a little before the manifest does.
+EXPIRY_MARGIN_S = 3600.0
+
+
 def reconcile(publisher: Any, acknowledged_ids: Iterable[str] | None = None,
-              unprocessed: Iterable[str] = ()) -> Reconciliation:
-    """Check the archive's manifests against the archive (and the acknowledged ids)."""
+              unprocessed: Iterable[str] = (), *, expire_after_days: float | None = None,
+              now: float | None = None) -> Reconciliation:
+    """Check the archive's manifests against the archive (and the acknowledged ids).
+
+    ``expire_after_days`` is how long the archive keeps data files (the
+    local retention sweep's ``published_days``, or the S3 lifecycle's
+    ``expire_after_days``): a file missing from a manifest at least that old
+    (less :data:`EXPIRY_MARGIN_S`) expired, and is counted in
+    ``expired_files`` instead of being a problem.  Manifests are never
+    expired, so their records still count as landed.
+    """
+    now = time.time() if now is None else now
+    expiry_cutoff = None if expire_after_days is None else now - expire_after_days * 86400.0 + EXPIRY_MARGIN_S
     result = Reconciliation()
     sources: Counter[str] = Counter()
     landed: Counter[str] = Counter()
-    stored = {obj.key: obj.size for obj in publisher.list("")}
+    listing = list(publisher.list(""))
+    stored = {obj.key: obj.size for obj in listing}
+    modified = {obj.key: obj.modified for obj in listing}
     for key in sorted(k for k in stored if k.startswith(MANIFEST_PREFIX)):
         try:
             with publisher.open(key) as handle:
@@ -97,9 +118,13 @@ def reconcile(publisher: Any, acknowledged_ids: Iterable[str] | None = None,
         for offset, count in offsets.items():
             if count > 1:
                 result.problems.append(f"{key}: record at offset {offset} of {manifest.source} landed {count} times")
+        manifest_time = modified.get(key)
+        expired = expiry_cutoff is not None and manifest_time is not None and manifest_time <= expiry_cutoff
         for entry in manifest.files:
             result.files += 1
-            if entry["key"] not in stored:
+            if entry["key"] not in stored and expired:
+                result.expired_files += 1
+            elif entry["key"] not in stored:
                 result.problems.append(f"{key}: published file {entry['key']} is missing")
             elif stored[entry["key"]] != entry["size"]:
                 result.problems.append(f"{key}: {entry['key']} has {stored[entry['key']]} bytes, "

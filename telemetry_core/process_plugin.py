@@ -157,7 +157,9 @@ def telemetry_register_commands(cli: click.Group) -> None:
 
         Reads every manifest in the archive (local or S3), checks each
         published file and record count, and lists spool files not processed
-        yet. Exit 0 when everything holds, 1 otherwise.
+        yet. Files gone because their retention ended (retention.published_days
+        for a local archive, retention.expire_after_days on S3) are counted as
+        expired, not as problems. Exit 0 when everything holds, 1 otherwise.
         """
         from .manifests import reconcile as run_reconcile
         from .spool import list_finished_files
@@ -167,7 +169,10 @@ def telemetry_register_commands(cli: click.Group) -> None:
         data_dir = engine.config.data_dir
         waiting = [p.name for p in list_finished_files(data_dir / "spool")]
         waiting += [p.name for p in sorted((data_dir / "work").glob("*")) if p.is_file()]
-        result = run_reconcile(engine.publisher(), ids, waiting)
+        retention = engine.config["retention"]
+        expire_days = (retention.get("published_days") if engine.config.get("store.publish.backend") == "local"
+                       else retention.get("expire_after_days"))
+        result = run_reconcile(engine.publisher(), ids, waiting, expire_after_days=expire_days)
         for problem in result.problems:
             click.echo(f"problem: {problem}")
         for record_id in result.missing_ids:
@@ -175,5 +180,7 @@ def telemetry_register_commands(cli: click.Group) -> None:
         for record_id in result.duplicated_ids:
             click.echo(f"duplicated: {record_id}")
         verdict = "ok" if result.ok else "FAILED"
-        click.echo(f"{verdict}: {result.manifests} manifests, {result.files} files, {result.records} records")
+        expired = f" ({result.expired_files} expired by retention)" if result.expired_files else ""
+        click.echo(f"{verdict}: {result.manifests} manifests, {result.files} files{expired}, "
+                   f"{result.records} records")
         sys.exit(0 if result.ok else EXIT_FAILED)

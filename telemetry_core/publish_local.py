@@ -100,7 +100,8 @@ class LocalArchive:
                 path = Path(directory) / name
                 key = path.relative_to(self.root).as_posix()
                 if key.startswith(prefix):
-                    yield StoredObject(key, path.stat().st_size)
+                    info = path.stat()
+                    yield StoredObject(key, info.st_size, info.st_mtime)
 
     def list_dirs(self, prefix: str) -> Iterator[str]:
         base = self.root / prefix

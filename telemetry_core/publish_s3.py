@@ -392,7 +392,9 @@ class S3Publisher:
                                    PaginationConfig={"PageSize": self.settings.page_size})
         for page in self._pages(pages, prefix):
             for item in page.get("Contents", ()):
-                yield StoredObject(item["Key"][len(self.prefix):], item["Size"])
+                modified = item.get("LastModified")
+                yield StoredObject(item["Key"][len(self.prefix):], item["Size"],
+                                   modified.timestamp() if modified is not None else None)
 
     def list_dirs(self, prefix: str) -> Iterator[str]:
         """The "directories" one level below ``prefix`` (``""`` or ending in ``/``), each ending in ``/``;

@@ -9,6 +9,7 @@ import lzma
 import os
 import subprocess
 import sys
+import time
 import zlib
 from pathlib import Path
 
@@ -319,6 +320,41 @@ def test_reconcile_finds_missing_and_tampered_files(tmp_path):
     assert not result.ok
     assert any("is missing" in p for p in result.problems)
     assert result.missing_ids == [uuid(9)]
+
+
+def test_reconcile_counts_files_past_their_retention_as_expired_not_missing(tmp_path, telemetry_cli):
+    """The retention sweep deletes old data files of a local archive but keeps every manifest:
+    reconcile then reports those files as expired, and still the files of young manifests as missing."""
+    for batch in range(2):
+        write_spool(tmp_path, fixture_records(2, start=batch * 2))
+        Processor(processor_engine(tmp_path)).run_once()
+    archive = tmp_path / "archive"
+    manifests = sorted((archive / "_manifests").rglob("*.json"))
+    assert len(manifests) == 2
+    old_files = [archive / entry["key"] for entry in json.loads(manifests[0].read_text())["files"]]
+    forty_days_ago = time.time() - 40 * 86400
+    for path in [manifests[0], *old_files]:
+        os.utime(path, (forty_days_ago, forty_days_ago))
+    config = tmp_path / "c.yaml"
+    config.write_text(f"data_dir: {tmp_path}\nnode_id: n1\nretention:\n  published_days: 30\n")
+    swept = subprocess.run([*telemetry_cli, "retention", "sweep", "--config", str(config)],
+                           capture_output=True, text=True, timeout=120)
+    assert swept.returncode == 0, swept.stderr
+    assert not any(path.exists() for path in old_files) and manifests[0].exists()
+
+    done = subprocess.run([*telemetry_cli, "reconcile", "--config", str(config)],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f"({len(old_files)} expired by retention)" in done.stdout
+
+    engine = processor_engine(tmp_path)
+    young = json.loads(manifests[1].read_text())["files"][0]["key"]
+    (archive / young).unlink()  # a young manifest's file: really missing
+    result = reconcile(engine.publisher(), [uuid(i) for i in range(4)], expire_after_days=30)
+    assert result.expired_files == len(old_files) and result.missing_ids == []
+    assert result.problems == [f"{manifests[1].relative_to(archive).as_posix()}: published file {young} is missing"]
+    without_retention = reconcile(engine.publisher(), expire_after_days=None)
+    assert without_retention.expired_files == 0 and len(without_retention.problems) == len(old_files) + 1
 
 
 def test_keeps_processed_spool_when_configured(tmp_path):

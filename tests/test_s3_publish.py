@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -169,6 +170,7 @@ def test_list_paginates_and_strips_the_prefix(moto_endpoint, bucket, s3_client):
     listed = list(publisher.list("saved-session/"))
 
     assert listed == [StoredObject(f"saved-session/F/r/{i:03d}.log.xz", i) for i in range(25)]
+    assert all(abs(item.modified - time.time()) < 3600 for item in listed)  # LastModified, for reconcile
     assert list(publisher.list("saved-session/F/r/01")) == [
         StoredObject(f"saved-session/F/r/{i:03d}.log.xz", i) for i in range(10, 20)]
     assert list(publisher.list("nothing/")) == []
