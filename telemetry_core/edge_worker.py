@@ -275,6 +275,7 @@ def main() -> int:
         loop.add_signal_handler(signal.SIGTERM, worker.request_stop)
         await worker.serve(sock, on_ready=ready)
 
+    engine.worker = recipe.worker
     engine.startup(command="edge-worker")
     try:
         asyncio.run(run())

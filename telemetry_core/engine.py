@@ -51,6 +51,10 @@ class Engine:
         #: ``(config path, --set overrides)`` this engine was built from, so child
         #: processes (edge workers, processor workers) can build the same engine.
         self.origin: tuple[str | None, tuple[str, ...]] = (None, ())
+        #: Which edge worker this process is (0, 1 ...), set by the worker before
+        #: ``startup``; ``None`` in every other process.  Per-process metric
+        #: exporters (Graphite) use it to keep the workers' series apart.
+        self.worker: int | None = None
         self._counts = scales.collection("/convert", scales.IntStat("warnings"), scales.IntDictStat("warning_names"))
 
     # ------------------------------------------------------------------ construction

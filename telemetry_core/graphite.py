@@ -6,6 +6,12 @@ for every command that uses the engine, it sends
 ``interval`` seconds from a daemon thread, and once more at
 ``telemetry_shutdown`` so one-shot commands report too.  A Graphite that is
 down costs a logged warning per interval, never the pipeline.
+
+Each process pushes its own stats.  An edge worker process pushes under
+``<prefix>.<node id>.worker-<n>.``, so the workers of one node do not
+overwrite each other's series (add them up with ``sumSeries``); the
+supervisor (``telemetry serve`` / ``run``) pushes under
+``<prefix>.<node id>.``.
 """
 
 from __future__ import annotations
@@ -28,9 +34,9 @@ class GraphitePusher:
     """Sends the current stats to carbon every ``interval`` seconds."""
 
     def __init__(self, host: str, port: int, prefix: str, node_id: str, interval: float,
-                 timeout: float = 5.0) -> None:
+                 timeout: float = 5.0, worker: int | None = None) -> None:
         self.address = (host, port)
-        self.prefix = f"{prefix}.{_SAFE.sub('_', node_id)}"
+        self.prefix = f"{prefix}.{_SAFE.sub('_', node_id)}" + (f".worker-{worker}" if worker is not None else "")
         self.interval = interval
         self.timeout = timeout
         self._stop = threading.Event()
@@ -80,7 +86,7 @@ def telemetry_startup(engine: Any, command: str) -> None:
     if not settings:
         return
     pusher = GraphitePusher(settings["host"], settings["port"], settings["prefix"], engine.node_id,
-                            settings["interval"])
+                            settings["interval"], worker=engine.worker)
     pusher.start()
     engine.state[__name__] = pusher
     log.info("pushing metrics to graphite at %s:%d every %gs", settings["host"], settings["port"],

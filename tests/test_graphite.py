@@ -81,3 +81,25 @@ def test_off_by_default(pm, make_engine):
     engine.startup(command="run")
     assert graphite.__name__ not in engine.state
     engine.shutdown(command="run")
+
+
+def test_edge_workers_push_their_own_series_and_the_supervisor_its_own(tmp_path, carbon):
+    """Two workers of one node must not overwrite each other's series."""
+    from edge_fixtures import EdgeNode, new_id, post
+
+    node = EdgeNode(tmp_path, node_id="n1", overrides=[
+        "receive.workers=2", f"metrics.graphite.port={carbon.port}", "metrics.graphite.interval=0.2",
+        "metrics.graphite.prefix=tele"]).start()
+    try:
+        for _ in range(6):
+            assert post(node.port, f"/submit/telemetry/{new_id()}", b"{}").status == 200
+        deadline = time.monotonic() + 20
+        wanted = {"tele.n1.worker-0.edge.requests", "tele.n1.worker-1.edge.requests",
+                  "tele.n1.edge_supervisor.workers"}
+        while time.monotonic() < deadline and not wanted <= {line.split(" ")[0] for line in carbon.lines}:
+            time.sleep(0.1)
+    finally:
+        assert node.stop() == 0
+    names = {line.split(" ")[0] for line in carbon.lines}
+    assert wanted <= names, sorted(name for name in names if ".edge" in name)[:20]
+    assert not any(name.startswith("tele.n1.edge.") for name in names)  # no unlabelled worker series
