@@ -251,10 +251,10 @@ def _fresh(error: DefinitionError) -> DefinitionError:
     """A copy of a remembered error, to raise.  Raising the remembered one itself
     would hang each raise's traceback -- and the caller's frames, payload
     included -- on it until the next raise."""
-    copy = type(error).__new__(type(error), *error.args)
-    copy.args = error.args
-    copy.__dict__.update(error.__dict__)
-    return copy
+    fresh = type(error).__new__(type(error), *error.args)
+    fresh.args = error.args
+    fresh.__dict__.update(error.__dict__)
+    return fresh
 
 
 def _are_ints(*values: Any) -> bool:
