@@ -41,7 +41,6 @@ from telemetry_core.spool_format import (
     SpoolRecord,
     SpoolRecordError,
     decode_records,
-    encode_record,
     encode_record_parts,
 )
 
@@ -240,26 +239,10 @@ class SpoolWriter:
         (nothing written) and :class:`SpoolWriteError` when the OS refuses
         the write (nothing appended: a partial write is truncated away).
         """
-        if self._closed:
-            raise SpoolError("append() on a closed SpoolWriter; create a new writer")
-        if timestamp_ms is None:
-            timestamp_ms = self._wall_clock_ms()
-        record = encode_record(path, body, timestamp_ms=timestamp_ms, client_addr=client_addr,
-                               limits=self.limits)
-        now = self._monotonic()
-        current = self._file
-        if current is not None and (
-                (current.size and current.size + len(record) > self.max_file_bytes)
-                or now - current.opened_at >= self.max_file_age_s):
-            self._finish_current()
-            current = None
-        if current is None:
-            current = self._open_new_file(now)
-        self._write(current, record)
-        if self.fsync is FsyncPolicy.ALWAYS or (
-                self.fsync is FsyncPolicy.INTERVAL and now - current.last_sync_at >= self.fsync_interval_s):
-            self._sync(current, now)
-        return len(record)
+        (outcome,) = self.append_many([(path, body, client_addr, timestamp_ms)])
+        if isinstance(outcome, SpoolError):
+            raise outcome
+        return outcome
 
     def append_many(self, submissions: Sequence[tuple[str, bytes | bytearray | memoryview, str | None, int | None]],
                     ) -> list[int | SpoolError]:
@@ -278,7 +261,7 @@ class SpoolWriter:
         as with :meth:`append` (the client retries; dedup drops the copy).
         """
         if self._closed:
-            raise SpoolError("append_many() on a closed SpoolWriter; create a new writer")
+            raise SpoolError("append on a closed SpoolWriter; create a new writer")
         results: list[int | SpoolError] = [0] * len(submissions)
         group: list[tuple[int, bytes, bytes | bytearray | memoryview]] = []  # (index, head, body), not written yet
         group_bytes = 0
@@ -323,7 +306,9 @@ class SpoolWriter:
                      results: list[int | SpoolError], now: float) -> SpoolError | None:
         """Write ``group`` to ``current`` with ``writev`` and sync per policy; fill ``results``.
         Returns the error that failed the whole group, if one did."""
-        buffers = [part for _, head, body in group for part in (head, body)]
+        # One record: one plain write of head + body, as append() always did.
+        buffers = [group[0][1] + group[0][2]] if len(group) == 1 else \
+            [part for _, head, body in group for part in (head, body)]
         try:
             self._write(current, buffers, records=len(group))
             if self.fsync is FsyncPolicy.ALWAYS or (
@@ -395,17 +380,17 @@ class SpoolWriter:
         raise SpoolError(f"could not find an unused spool file name in {self.open_dir} after 100 "
                          "tries; check the clock and for another writer using this node id")
 
-    def _write(self, current: _OpenSpoolFile, data: bytes | list[bytes | bytearray | memoryview], *,
-               records: int = 1) -> None:
-        """Append ``data`` (one record's bytes, or the buffers of ``records`` records) with one
-        ``write``/``writev``; more calls only if the kernel writes part of it."""
-        buffers = [data] if isinstance(data, (bytes, bytearray, memoryview)) else data
+    def _write(self, current: _OpenSpoolFile, buffers: list[bytes | bytearray | memoryview], *,
+               records: int) -> None:
+        """Append ``buffers`` (the framed bytes of ``records`` records) with one ``write`` or
+        ``writev``; more calls only if the kernel writes part of it."""
         total = sum(len(buffer) for buffer in buffers)
         try:
             written = os.writev(current.fd, buffers) if len(buffers) > 1 else os.write(current.fd, buffers[0])
-            while written < total:
-                rest = b"".join(buffers)[written:]  # rare: a short write (signal, full disk)
-                written += os.write(current.fd, rest)
+            if written < total:  # rare: a short write (signal, full disk)
+                data = memoryview(b"".join(buffers))
+                while written < total:
+                    written += os.write(current.fd, data[written:])
         except OSError as error:
             self.stats.write_errors += 1
             self._drop_partial_write(current)
