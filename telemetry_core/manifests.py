@@ -6,10 +6,13 @@ Every processed spool file publishes ``_manifests/<node>/<seq>.json``::
      "records_read": 1000, "skipped": {"torn_tail": {"spans": 1, "bytes": 17}},
      "files": [{"key": "saved-session/.../....n1.42.log.xz", "records": 998,
                 "size": 123456, "checksum": "sha256:..."}, ...],
-     "records": [[<offset in the spool file>, "<submission id>", "<key>"], ...]}
+     "records": [[<offset in the spool file>, "<submission id>", "<key>"], ...],
+     "parked": [[<offset>, "<submission id>", "pending/<revision key>/<spool file>"], ...]}
 
 so every record read from the spool names the one published file it landed
-in.  :func:`reconcile` reads every manifest in the archive and proves that
+in, or the local ``pending/`` file it is parked in while the Histograms.json
+revision it needs cannot be fetched (it is published later, from a spool
+file of its own, under another manifest).  :func:`reconcile` reads every manifest in the archive and proves that
 each spooled record landed exactly once, that each published file exists
 with its checksum, and (given the ids clients got a 2xx for) that each
 acknowledged submission is there once; it lists whatever does not hold.
@@ -40,11 +43,13 @@ class Manifest:
     files: list[dict[str, Any]] = field(default_factory=list)
     records: list[list[Any]] = field(default_factory=list)
     file_records: dict[str, int] = field(default_factory=dict)
+    parked: list[list[Any]] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return {"version": 1, "node": self.node, "seq": self.seq, "source": self.source,
                 "records_read": self.records_read, "skipped": self.skipped, "files": self.files,
-                "records": self.records, "file_records": self.file_records}
+                "records": self.records, "file_records": self.file_records,
+                "parked": self.parked}
 
     @classmethod
     def from_json(cls, document: dict[str, Any]) -> "Manifest":
@@ -53,7 +58,7 @@ class Manifest:
         return cls(node=document["node"], seq=document["seq"], source=document["source"],
                    records_read=document.get("records_read", 0), skipped=document.get("skipped", {}),
                    files=document.get("files", []), records=document.get("records", []),
-                   file_records=document.get("file_records", {}))
+                   file_records=document.get("file_records", {}), parked=document.get("parked", []))
 
 
 @dataclass
