@@ -297,11 +297,86 @@ error:
     return NULL;
 }
 
+/* payload_shape(obj, max_depth, max_key_length) -> None or (problem, value)
+ *
+ * Walks the exact dicts and lists of a decoded payload: ("too_deep", depth)
+ * when containers nest deeper than max_depth (the payload itself is depth
+ * 1), ("key_too_long", length) when an object key has more than
+ * max_key_length characters; None when neither limit is reached.  Only
+ * exact dict/list/str objects are looked at (what orjson.loads builds), so
+ * no Python code runs during the walk.  The recursion stops at
+ * max_depth + 1 levels. */
+static int
+shape_walk(PyObject *obj, Py_ssize_t depth, Py_ssize_t max_depth, Py_ssize_t max_key,
+           const char **problem, Py_ssize_t *value)
+{
+    if (depth > max_depth) {
+        *problem = "too_deep";
+        *value = depth;
+        return 1;
+    }
+    if (PyDict_CheckExact(obj)) {
+        Py_ssize_t cursor = 0;
+        PyObject *key, *item;
+        while (PyDict_Next(obj, &cursor, &key, &item)) {
+            if (PyUnicode_CheckExact(key) && PyUnicode_GET_LENGTH(key) > max_key) {
+                *problem = "key_too_long";
+                *value = PyUnicode_GET_LENGTH(key);
+                return 1;
+            }
+            if ((PyDict_CheckExact(item) || PyList_CheckExact(item))
+                && shape_walk(item, depth + 1, max_depth, max_key, problem, value)) {
+                return 1;
+            }
+        }
+    }
+    else if (PyList_CheckExact(obj)) {
+        Py_ssize_t size = PyList_GET_SIZE(obj);
+        for (Py_ssize_t i = 0; i < size; i++) {
+            PyObject *item = PyList_GET_ITEM(obj, i);
+            if ((PyDict_CheckExact(item) || PyList_CheckExact(item))
+                && shape_walk(item, depth + 1, max_depth, max_key, problem, value)) {
+                return 1;
+            }
+        }
+    }
+    return 0;
+}
+
+static PyObject *
+payload_shape(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 3 || !PyLong_Check(args[1]) || !PyLong_Check(args[2])) {
+        PyErr_SetString(PyExc_TypeError, "payload_shape(obj, max_depth: int, max_key_length: int)");
+        return NULL;
+    }
+    Py_ssize_t max_depth = PyLong_AsSsize_t(args[1]);
+    Py_ssize_t max_key = PyLong_AsSsize_t(args[2]);
+    if ((max_depth == -1 || max_key == -1) && PyErr_Occurred()) {
+        return NULL;
+    }
+    if (max_depth < 1 || max_depth > 100000 || max_key < 0) {
+        PyErr_SetString(PyExc_ValueError, "payload_shape: max_depth must be 1..100000, max_key_length >= 0");
+        return NULL;
+    }
+    const char *problem = NULL;
+    Py_ssize_t value = 0;
+    if ((PyDict_CheckExact(args[0]) || PyList_CheckExact(args[0]))
+        && shape_walk(args[0], 1, max_depth, max_key, &problem, &value)) {
+        return Py_BuildValue("(sn)", problem, value);
+    }
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef methods[] = {
     {"convert_histograms", (PyCFunction)(void (*)(void))convert_histograms, METH_FASTCALL,
      "convert_histograms(histograms, indexes) -> (converted, pending) or None\n\n"
      "The v2 arrays of the histograms that have the shape Firefox sends; see\n"
      "telemetry_core.conversion.convert_payload for the contract."},
+    {"payload_shape", (PyCFunction)(void (*)(void))payload_shape, METH_FASTCALL,
+     "payload_shape(obj, max_depth, max_key_length) -> None or (problem, value)\n\n"
+     "The first nesting-depth or key-length limit a decoded payload breaks; see\n"
+     "telemetry_core.record_limits for the contract."},
     {NULL, NULL, 0, NULL},
 };
 

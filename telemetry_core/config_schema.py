@@ -33,6 +33,22 @@ def _ip_networks(value: list[str]) -> str | None:
     return None
 
 
+#: The trees telemetry-server fetched Histograms.json from (HISTOGRAMS.md §4).
+DEFAULT_REPOSITORIES = (
+    "hg.mozilla.org/mozilla-central",
+    "hg.mozilla.org/releases/*",
+    "hg.mozilla.org/projects/*",
+    "hg.mozilla.org/integration/*",
+)
+
+
+def _repository_patterns(value: list[str]) -> str | None:
+    for item in value:
+        if "/" not in item or item.startswith("/") or item.endswith("/") or "//" in item or ".." in item:
+            return f"{item!r} is not a host/repository-path pattern like 'hg.mozilla.org/releases/*'"
+    return None
+
+
 def _redis_url(value: str) -> str | None:
     if urlparse(value).scheme not in ("redis", "rediss", "unix"):
         return "is not a redis://, rediss:// or unix:// URL"
@@ -122,6 +138,13 @@ CORE_SCHEMA = Section(
                 "backoff": Option("float", 0.5, minimum=0.0, help="Back-off factor between retries, in seconds"),
                 "negative_ttl": Option("float", 3600.0, minimum=0.0,
                                        help="Seconds a 404 (unknown revision) is remembered before asking again"),
+                "negative_max_entries": Option("int", 1024, minimum=1,
+                                               help="Most 404 answers remembered (one file, cache_dir/not-found.json; "
+                                                    "the oldest go first)"),
+                "repositories": Option("list", list(DEFAULT_REPOSITORIES), items="str", check=_repository_patterns,
+                                       help="host/repository patterns an info.revision may name ('*' = one path "
+                                            "segment); any other revision is quarantined as unknown_revision "
+                                            "without a request"),
                 "memory_size": Option("int", 64, minimum=1, help="Revisions kept in memory (LRU)"),
                 "history_ttl": Option("float", 21600.0, minimum=0.0,
                                       help="Seconds before a repository's Histograms.json history is refreshed"),
@@ -241,6 +264,30 @@ CORE_SCHEMA = Section(
                                     help="Seconds before the first retry of a failed spool file; doubles each time"),
             "max_backoff": Option("float", 600.0, minimum=0.0,
                                   help="Longest wait between retries (outages are retried for as long as they last)"),
+            "min_free_disk_bytes": Option("int", 64 * 1024 * 1024, minimum=0,
+                                          help="Below this much free space on data_dir's disk the processor pauses "
+                                               "(a full disk is an outage: nothing moves to failed/); keep it below "
+                                               "receive.min_free_disk_bytes (docs/storage.md)"),
+            "disk_retry_s": Option("float", 5.0, minimum=0.01,
+                                   help="Seconds between looks at the free space while the processor is paused "
+                                        "for a full disk"),
+            "pending_retry_s": Option("float", 60.0, minimum=0.0,
+                                      help="Seconds before records parked for an unreachable Histograms.json "
+                                           "revision are tried again; doubles each time"),
+            "pending_max_retry_s": Option("float", 3600.0, minimum=0.0,
+                                          help="Longest wait between tries of a parked revision"),
+            "limits": Section(help="What one record may cost; a record past a limit is quarantined under the "
+                                   "limit's category (docs/storage.md)", fields={
+                "max_depth": Option("int", 64, minimum=2, maximum=1000,
+                                    help="Deepest nesting of objects/arrays in a payload (too_deep)"),
+                "max_key_length": Option("int", 1024, minimum=16,
+                                         help="Longest object key, in characters, at any depth (key_too_long)"),
+                "max_histograms": Option("int", 10000, minimum=1,
+                                         help="Most histograms in one payload: classic, add-on and keyed "
+                                              "together (too_many_histograms)"),
+                "max_buckets": Option("int", 10000, minimum=3, maximum=10000,
+                                      help="Most buckets an add-on histogram may claim (too_many_buckets)"),
+            }),
         }),
         "reduce": Section(help="MapReduce jobs (telemetry mapreduce, docs/mapreduce.md)", fields={
             "executor": Option("str", "local", pattern=r"[a-z][a-z0-9_]*",

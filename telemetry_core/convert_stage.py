@@ -1,7 +1,8 @@
 """Built-in plugin: the convert stage.
 
-* ``telemetry_convert_histogram_spec`` resolves a payload's
-  ``info.revision`` (or its channel and build id) to a
+* ``telemetry_convert_histogram_spec`` checks a payload's ``info.revision``
+  against ``convert.histograms.repositories`` (``unknown_revision``, with
+  no request made) and resolves it (or its channel and build id) to a
   :class:`~telemetry_core.histogram_spec.HistogramSpec` through the revision
   cache and history (``convert.histograms`` config), keeping the last specs
   in memory (their bucket indexes are what makes conversion fast);
@@ -25,8 +26,9 @@ from .buckets import DefinitionError, parse_definition
 from .conversion import convert_addon_histograms, convert_payload
 from .hookspecs import hookimpl
 from .histogram_spec import HistogramSpec, addon_histogram_layout
+from .revision_allowlist import RepositoryAllowlist
 from .revision_history import SpecResolver
-from .revisions import revision_cache_from_options
+from .revisions import parse_revision, revision_cache_from_options
 
 #: Warnings this plugin returns (counted under convert/warning_names/<name>).
 ADDON_MISMATCH = "addon_definition_mismatch"
@@ -37,15 +39,18 @@ _EMPTY_SPEC = HistogramSpec({})
 
 
 class SpecSource:
-    """Resolver + a small LRU of built :class:`HistogramSpec` objects, per engine."""
+    """Allowlist + resolver + a small LRU of built :class:`HistogramSpec` objects, per engine."""
 
     def __init__(self, options: dict[str, Any]) -> None:
+        self.allowlist = RepositoryAllowlist(options["repositories"])
         self.resolver = SpecResolver(revision_cache_from_options(options),
                                      history_ttl=options["history_ttl"],
                                      revision_lookup=options["revision_lookup"])
         self.specs: OrderedDict[str, HistogramSpec] = OrderedDict()
 
     def spec(self, revision: str | None, info: dict[str, Any]) -> HistogramSpec:
+        if revision:
+            self.allowlist.check(revision, parse_revision(revision))
         resolved = self.resolver.resolve(revision, info)
         key = str(resolved.revision)
         spec = self.specs.get(key)

@@ -77,4 +77,10 @@ RECORD_ERROR_CATEGORIES: dict[str, str] = {
     "write_failed": "the record could not be written to the store",
     "duplicate": "an exact resubmission (same id, same stored bytes) of a record already stored",
     "invalid_dedup_key": "the record's id or session cannot be de-duplicated (not a UUID)",
+    "unknown_revision": "info.revision names a host or repository not in convert.histograms.repositories",
+    "too_deep": "the payload nests objects/arrays deeper than process.limits.max_depth",
+    "key_too_long": "an object key is longer than process.limits.max_key_length characters",
+    "too_many_histograms": "the payload has more histograms than process.limits.max_histograms",
+    "too_many_buckets": "an add-on histogram claims more buckets than process.limits.max_buckets",
+    "processing_error": "a stage or plugin raised an unexpected exception on this record (type and message kept)",
 }

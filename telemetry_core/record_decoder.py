@@ -9,7 +9,9 @@ category (the record then goes to ``_invalid/<category>/``):
 2. a gzip body is inflated with a bound (``oversized_data`` past it,
    ``corrupted_data`` when broken); an empty body is ``empty_data``;
 3. the JSON is parsed (``corrupted_data``) and must be an object
-   (``bad_payload``);
+   (``bad_payload``) within what a record may cost (``process.limits``:
+   ``too_deep``, ``key_too_long``, ``too_many_histograms``,
+   ``too_many_buckets``; see :mod:`telemetry_core.record_limits`);
 4. dimensions missing from the path (the id-only form) are taken from the
    payload's ``info``; ``submission_date`` is the receive day (UTC,
    ``YYYYMMDD``); the schema maps each value to its partition value.
@@ -28,6 +30,7 @@ import orjson
 
 from . import bounded_gzip
 from .errors import RECORD_ERROR_CATEGORIES, RecordError
+from .record_limits import RecordLimits, check_payload
 from .records import Record, Rejection
 from .schema import Schema
 
@@ -50,22 +53,29 @@ def submission_day(timestamp_ms: int) -> str:
     return time.strftime("%Y%m%d", time.gmtime(timestamp_ms / 1000))
 
 
+def raw_record(*, path: str, body: bytes, timestamp_ms: int, client_addr: str | None, source: str) -> Record:
+    """A record as spooled, before anything is decoded (what a quarantined record keeps)."""
+    relative = path[len(SUBMIT_PREFIX):] if path.startswith(SUBMIT_PREFIX) else path.lstrip("/")
+    return Record(id="", path=relative, raw=body, received_at_ms=timestamp_ms, client_addr=client_addr,
+                  source=source, dims={"submission_date": submission_day(timestamp_ms)})
+
+
 def decode(engine: Any, *, path: str, body: bytes, timestamp_ms: int, client_addr: str | None,
-           source: str, schema: Schema, max_inflated_bytes: int) -> Record:
+           source: str, schema: Schema, max_inflated_bytes: int,
+           limits: RecordLimits = RecordLimits()) -> Record:
     """Decode one spooled submission; raises :class:`RecordError` (the partial
     record is on ``error.record`` so it can be stored as invalid)."""
-    relative = path[len(SUBMIT_PREFIX):] if path.startswith(SUBMIT_PREFIX) else path.lstrip("/")
-    record = Record(id="", path=relative, raw=body, received_at_ms=timestamp_ms, client_addr=client_addr,
-                    source=source, dims={"submission_date": submission_day(timestamp_ms)})
+    record = raw_record(path=path, body=body, timestamp_ms=timestamp_ms, client_addr=client_addr, source=source)
     try:
-        _decode_into(engine, record, schema, max_inflated_bytes)
+        _decode_into(engine, record, schema, max_inflated_bytes, limits)
     except RecordError as error:
         error.record = record  # type: ignore[attr-defined]
         raise
     return record
 
 
-def _decode_into(engine: Any, record: Record, schema: Schema, max_inflated_bytes: int) -> None:
+def _decode_into(engine: Any, record: Record, schema: Schema, max_inflated_bytes: int,
+                 limits: RecordLimits) -> None:
     parsed = engine.parse_path(path=record.path)
     if isinstance(parsed, Rejection):
         category = _PATH_CATEGORIES.get(parsed.reason, parsed.reason)
@@ -89,6 +99,7 @@ def _decode_into(engine: Any, record: Record, schema: Schema, max_inflated_bytes
         raise RecordError("corrupted_data", f"body is not valid JSON: {exc}") from None
     if not isinstance(payload, dict):
         raise RecordError("bad_payload", f"the payload is a JSON {type(payload).__name__}, not an object")
+    check_payload(payload, limits)
     record.payload = payload
     info = payload.get("info")
     if isinstance(info, dict):
@@ -113,6 +124,16 @@ def convert(engine: Any, record: Record) -> None:
 
 
 def serialize(record: Record) -> None:
-    """Serialize the payload once: ``stored_json`` and its ``body_hash`` (blake2b-128)."""
-    record.stored_json = orjson.dumps(record.payload)
-    record.body_hash = hashlib.blake2b(record.stored_json, digest_size=16).hexdigest()
+    """Serialize the payload once: ``stored_json`` and its ``body_hash`` (blake2b-128).
+
+    A payload the convert hooks left unserializable (nested past JSON's
+    limit, a string with a lone surrogate, a value of a type JSON has no
+    form for) is a :class:`RecordError`: ``too_deep`` or ``bad_payload``."""
+    try:
+        stored = orjson.dumps(record.payload)
+    except orjson.JSONEncodeError as exc:
+        message = " ".join(str(exc).split())[:300]
+        category = "too_deep" if "recursion" in message.lower() else "bad_payload"
+        raise RecordError(category, f"the converted payload cannot be stored as JSON: {message}") from None
+    record.stored_json = stored
+    record.body_hash = hashlib.blake2b(stored, digest_size=16).hexdigest()

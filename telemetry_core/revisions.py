@@ -14,7 +14,8 @@ that changeset, looking in this order:
 4. ``<server>/<repo path>/raw-file/<changeset>/toolkit/components/telemetry/Histograms.json``
    over HTTP(S), with timeouts, retries with back-off on connection errors
    and 5xx answers, no retry on 404 (remembered for ``negative_ttl`` seconds,
-   in memory and on disk), and validation before anything is cached.
+   in memory and in one shared file, ``<cache_dir>/not-found.json``, at most
+   ``negative_max_entries`` of them), and validation before anything is cached.
 
 The host in a ping's revision URL is never contacted: fetches always go to
 the configured ``server``.  Repository paths and changesets become directory
@@ -30,6 +31,7 @@ pings without a revision) is in :mod:`telemetry_core.revision_history`.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import logging
 import os
@@ -496,7 +498,9 @@ class RevisionCache:
     :param connect_timeout: / :param read_timeout: seconds, per attempt.
     :param retries: extra attempts on connection errors, read timeouts and 5xx.
     :param backoff: back-off factor in seconds between retries.
-    :param negative_ttl: seconds a 404 is remembered (memory and disk).
+    :param negative_ttl: seconds a 404 is remembered (memory and
+        ``<cache_dir>/not-found.json``).
+    :param negative_max_entries: most 404s remembered; the oldest go first.
     :param memory_size: revisions kept in memory (0 disables the memory layer).
     :param max_bytes: largest accepted response body.
     :param clock: wall clock (seconds since the epoch); tests pass their own.
@@ -509,10 +513,13 @@ class RevisionCache:
     def __init__(self, server: str | None = DEFAULT_SERVER, cache_dir: str | os.PathLike[str] = "./histogram_cache",
                  seed_dirs: Iterable[str | os.PathLike[str]] = (), *, connect_timeout: float = 5.0,
                  read_timeout: float = 30.0, retries: int = 3, backoff: float = 0.5,
-                 negative_ttl: float = 3600.0, memory_size: int = 64, max_bytes: int = 32 << 20,
-                 clock: Callable[[], float] = time.time) -> None:
+                 negative_ttl: float = 3600.0, negative_max_entries: int = 1024, memory_size: int = 64,
+                 max_bytes: int = 32 << 20, clock: Callable[[], float] = time.time) -> None:
         _check_settings(connect_timeout=connect_timeout, read_timeout=read_timeout, retries=retries,
                         backoff=backoff, negative_ttl=negative_ttl, memory_size=memory_size, max_bytes=max_bytes)
+        if type(negative_max_entries) is not int or negative_max_entries < 1:
+            raise ValueError(f"RevisionCache negative_max_entries must be an integer >= 1, got {negative_max_entries!r}")
+        self.negative_max_entries = negative_max_entries
         self.server = server.rstrip("/") if server else None
         self.cache_dir = Path(cache_dir)
         self.seed_dirs = tuple(Path(directory) for directory in seed_dirs)
@@ -637,34 +644,63 @@ class RevisionCache:
             since = self._not_found.get(key)
         if since is not None and now - since < self.negative_ttl:
             return since
-        since = self._read_not_found_marker(revision)
-        if since is not None and now - since < self.negative_ttl:
-            self._remember_not_found(key, since)
-            return since
+        entry = self._read_not_found_file().get(_negative_key(revision))
+        since = entry.get("at") if isinstance(entry, dict) else None
+        if isinstance(since, (int, float)) and not isinstance(since, bool) and now - since < self.negative_ttl:
+            self._remember_not_found(key, float(since))
+            return float(since)
         return None
-
-    def _read_not_found_marker(self, revision: Revision) -> float | None:
-        body = read_bytes_if_exists(entry_directory(self.cache_dir, revision) / NOT_FOUND_FILE)
-        if body is None:
-            return None
-        try:
-            since = json.loads(body)["at"]
-        except (ValueError, KeyError, TypeError):
-            return None
-        return float(since) if isinstance(since, (int, float)) else None
 
     def _remember_not_found(self, key: tuple[str, str], since: float) -> None:
         with self._lock:
             self._not_found[key] = since
             self._not_found.move_to_end(key)
-            while len(self._not_found) > max(1024, self.memory_size):
+            while len(self._not_found) > self.negative_max_entries:
                 self._not_found.popitem(last=False)
 
     def _record_not_found(self, revision: Revision, url: str) -> None:
         now = self.clock()
         self._remember_not_found((revision.repo_path, revision.cache_key), now)
-        marker = json.dumps({"url": url, "status": 404, "at": now}).encode()
-        self.write_to_disk(entry_directory(self.cache_dir, revision) / NOT_FOUND_FILE, marker)
+        self._update_not_found_file(lambda entries: entries.__setitem__(_negative_key(revision),
+                                                                        {"url": url, "status": 404, "at": now}))
+
+    def _forget_not_found(self, revision: Revision) -> None:
+        with self._lock:
+            self._not_found.pop((revision.repo_path, revision.cache_key), None)
+        if _negative_key(revision) in self._read_not_found_file():
+            self._update_not_found_file(lambda entries: entries.pop(_negative_key(revision), None))
+
+    def _read_not_found_file(self) -> dict[str, Any]:
+        body = read_bytes_if_exists(self.cache_dir / NOT_FOUND_FILE)
+        if body is None:
+            return {}
+        try:
+            entries = json.loads(body)["entries"]
+        except (ValueError, KeyError, TypeError):
+            return {}
+        return entries if isinstance(entries, dict) else {}
+
+    def _update_not_found_file(self, change: Callable[[dict[str, Any]], Any]) -> None:
+        """Read-modify-write ``not-found.json`` under a lock shared by every
+        process of the cache: apply ``change``, drop entries older than
+        ``negative_ttl``, keep the newest ``negative_max_entries``."""
+        try:
+            self.cache_dir.mkdir(parents=True, exist_ok=True)
+            with open(self.cache_dir / f".{NOT_FOUND_FILE}.lock", "a") as lock:
+                fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+                entries = self._read_not_found_file()
+                change(entries)
+                now = self.clock()
+                fresh = sorted(((key, entry) for key, entry in entries.items()
+                                if isinstance(entry, dict) and isinstance(entry.get("at"), (int, float))
+                                and now - entry["at"] < self.negative_ttl), key=lambda item: item[1]["at"])
+                kept = dict(fresh[-self.negative_max_entries:])
+                body = json.dumps({"version": 1, "entries": kept}, sort_keys=True).encode()
+                self.write_to_disk(self.cache_dir / NOT_FOUND_FILE, body)
+        except OSError as error:
+            self.stats.add("disk_write_failures")
+            log.warning("could not update %s (%s); 404s are remembered in memory only",
+                        self.cache_dir / NOT_FOUND_FILE, error)
 
     # -- network
 
@@ -695,11 +731,8 @@ class RevisionCache:
 
     def _store(self, revision: Revision, body: bytes) -> None:
         directory = entry_directory(self.cache_dir, revision)
-        with self._lock:
-            self._not_found.pop((revision.repo_path, revision.cache_key), None)
-        if self.write_to_disk(directory / HISTOGRAMS_FILE, body):
-            with contextlib.suppress(FileNotFoundError):
-                (directory / NOT_FOUND_FILE).unlink()
+        self._forget_not_found(revision)
+        self.write_to_disk(directory / HISTOGRAMS_FILE, body)
 
     def write_to_disk(self, path: Path, body: bytes) -> bool:
         """Write a cache file atomically; when the disk refuses (read-only,
@@ -712,6 +745,10 @@ class RevisionCache:
             log.warning("could not write %s (%s); continuing without the disk cache for it", path, error)
             return False
         return True
+
+
+def _negative_key(revision: Revision) -> str:
+    return f"{revision.repo_path}/{revision.cache_key}"
 
 
 def _check_settings(**settings: float) -> None:
@@ -732,10 +769,11 @@ def revision_cache_from_options(options: Mapping[str, Any]) -> RevisionCache:
 
     Known keys: ``server`` (null = offline), ``cache_dir``, ``seed_dirs``
     (default: the packaged seed), ``connect_timeout``, ``read_timeout``,
-    ``retries``, ``backoff``, ``negative_ttl``, ``memory_size``; others are
+    ``retries``, ``backoff``, ``negative_ttl``, ``negative_max_entries``, ``memory_size``; others are
     ignored (they belong to :mod:`telemetry_core.revision_history`).
     """
-    tunables = ("connect_timeout", "read_timeout", "retries", "backoff", "negative_ttl", "memory_size")
+    tunables = ("connect_timeout", "read_timeout", "retries", "backoff", "negative_ttl", "negative_max_entries",
+                "memory_size")
     seeds = options.get("seed_dirs")
     return RevisionCache(
         options.get("server", DEFAULT_SERVER),

@@ -20,7 +20,11 @@ from .interfaces import PublishError
 
 
 class WorkBatch:
-    """Append-only work files; ``records`` counts records per relative path."""
+    """Append-only work files; ``records`` counts records per relative path.
+
+    ``touched`` collects the paths appended to since the caller last cleared
+    it (the processor checks that each record landed in exactly one file).
+    """
 
     def __init__(self, root: Path, node_id: str, seq: int, max_open: int = 64) -> None:
         self.root = root
@@ -28,6 +32,7 @@ class WorkBatch:
         self.seq = seq
         self.max_open = max_open
         self.records: dict[str, int] = {}
+        self.touched: set[str] = set()
         self._open: OrderedDict[str, BinaryIO] = OrderedDict()
 
     def append(self, relative_path: str, data: bytes, records: int = 1) -> None:
@@ -48,6 +53,7 @@ class WorkBatch:
             self._open.move_to_end(relative_path)
         handle.write(data)
         self.records[relative_path] = self.records.get(relative_path, 0) + records
+        self.touched.add(relative_path)
 
     def close(self) -> None:
         """Close every file, then fsync each one written (durable before publishing)."""

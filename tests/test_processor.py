@@ -217,13 +217,17 @@ class ExplodingConverter:
         raise RuntimeError("converter bug")
 
 
-def test_a_plugin_bug_is_an_operational_failure_not_lost_data(tmp_path, caplog):
-    write_spool(tmp_path, fixture_records(1))
+def test_a_plugin_bug_on_a_record_quarantines_that_record_and_the_file_goes_on(tmp_path):
+    write_spool(tmp_path, fixture_records(2))
     summary = Processor(processor_engine(tmp_path, ExplodingConverter(),
                                          overrides=["process.max_attempts=1"])).run_once()
-    assert len(summary.failed_files) == 1
-    assert "converter bug" in caplog.text and summary.failed_files[0] in caplog.text
-    assert not list((tmp_path / "work").iterdir())
+    assert summary.failed_files == [] and summary.files == 1 and summary.records_invalid == 2
+    assert not list((tmp_path / "failed").iterdir()) and not list((tmp_path / "work").iterdir())
+    (invalid,) = (tmp_path / "archive" / "_invalid" / "processing_error").rglob("*.xz")
+    lines = lzma.decompress(invalid.read_bytes()).splitlines()
+    document = json.loads(lines[0].split(b"\t", 1)[1])
+    assert document["detail"] == "convert: RuntimeError: converter bug"  # no traceback in the record
+    assert base64.b64decode(document["body_b64"]) == FIXTURE_PING.body
 
 
 class CrashAt:

@@ -511,14 +511,34 @@ def test_not_found_is_cached_negatively_without_retries(hg: tuple[FakeHg, str], 
     assert fake.count(path) == 1
     assert cache.stats.negative_hits == 1 and cache.stats.not_found == 1
 
-    # The marker on disk is shared with other processes.
-    marker = tmp_path / "cache" / "mozilla-central" / changeset / "not-found.json"
-    assert json.loads(marker.read_text())["at"] == clock.now
+    # The negative cache on disk is one file, shared with other processes; no directory per revision.
+    marker = tmp_path / "cache" / "not-found.json"
+    assert json.loads(marker.read_text())["entries"][f"mozilla-central/{changeset}"]["at"] == clock.now
+    assert not (tmp_path / "cache" / "mozilla-central").exists()
     other = make_cache(server, tmp_path / "cache", negative_ttl=60.0, clock=clock)
     assert other.is_known_missing(Revision("mozilla-central", changeset))
     with pytest.raises(RevisionNotFoundError):
         other.histograms_json(Revision("mozilla-central", changeset))
     assert fake.count(path) == 1
+
+
+def test_the_negative_cache_is_bounded_in_entries_and_age(hg: tuple[FakeHg, str], tmp_path: Path) -> None:
+    fake, server = hg
+    clock = FakeClock(1_000_000.0)
+    cache = make_cache(server, tmp_path / "cache", negative_ttl=60.0, negative_max_entries=3, clock=clock)
+    for n in range(5):
+        clock.now += 1
+        with pytest.raises(RevisionNotFoundError):
+            cache.histograms_json(Revision(f"projects/random{n}", "abcdef012345"))
+    entries = json.loads((tmp_path / "cache" / "not-found.json").read_text())["entries"]
+    assert sorted(entries) == [f"projects/random{n}/abcdef012345" for n in (2, 3, 4)]  # the newest three
+    assert len(cache._not_found) == 3
+    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == [".not-found.json.lock", "not-found.json"]
+    clock.now += 120  # every entry is past its age: the next write drops them all
+    with pytest.raises(RevisionNotFoundError):
+        cache.histograms_json(Revision("projects/random9", "abcdef012345"))
+    entries = json.loads((tmp_path / "cache" / "not-found.json").read_text())["entries"]
+    assert sorted(entries) == ["projects/random9/abcdef012345"]
 
 
 def test_negative_entries_expire_after_their_ttl(hg: tuple[FakeHg, str], tmp_path: Path) -> None:
@@ -540,7 +560,7 @@ def test_negative_entries_expire_after_their_ttl(hg: tuple[FakeHg, str], tmp_pat
     clock.now += 2
     assert cache.histograms_json(Revision("mozilla-central", late[:12])) == json.loads(fixture_bytes(24))
     assert fake.count(path) == 2
-    assert not (tmp_path / "cache" / "mozilla-central" / late[:12] / "not-found.json").exists()
+    assert json.loads((tmp_path / "cache" / "not-found.json").read_text())["entries"] == {}
 
 
 @pytest.mark.parametrize("fault, reason", [
