@@ -135,6 +135,9 @@ class PendingArea:
             target_dir.mkdir(parents=True, exist_ok=True)
             if not (target_dir / REVISION_FILE).exists():
                 os.replace(parked / f"{key}.json", target_dir / REVISION_FILE)
+            if not (target_dir / STATE_FILE).exists():  # the first try is process.pending_retry_s away
+                write_json_atomically(target_dir / STATE_FILE,
+                                      {"attempts": 0, "next_attempt_at": self.clock() + self.retry_s})
             os.replace(spool, target_dir / source_name)
             fsync_directory(target_dir)
             log.info("parked %s record file %s in %s until its Histograms.json revision can be fetched",

@@ -139,6 +139,7 @@ class Processor:
         self.disk_retry_s = settings["disk_retry_s"]
         #: Why processing is paused for the disk (``None`` while it is not), and until when.
         self.disk_paused: str | None = None
+        self._paused_by_floor = False
         self._disk_check_at = 0.0
         self.max_attempts = settings["max_attempts"]
         self.retry_backoff = settings["retry_backoff"]
@@ -221,8 +222,10 @@ class Processor:
     # ------------------------------------------------------------------ disk and parked records
 
     def _disk_ready(self) -> bool:
-        """False while processing is paused for the disk; looks at the free space
-        at most every ``process.disk_retry_s`` seconds while paused."""
+        """False while processing is paused for the disk.  While paused, the free
+        space is looked at every ``process.disk_retry_s`` seconds: a pause for the
+        floor ends when the floor is met again; a pause for a write that failed
+        (ENOSPC ...) lets the next file try and ends when a file gets through."""
         now = time.monotonic()
         if self.disk_paused is not None and now < self._disk_check_at:
             return False
@@ -236,21 +239,27 @@ class Processor:
             self._pause_for_disk(DiskFull(f"{free} bytes free on {self.data_dir}'s disk, below "
                                           f"process.min_free_disk_bytes ({self.min_free_disk_bytes})"))
             return False
-        if self.disk_paused is not None:
-            log.warning("disk has room again (%d bytes free on %s): processing resumes", free, self.data_dir)
-            self.disk_paused = None
-            self.stats.disk_paused = 0
+        if self._paused_by_floor:
+            self._resume_after_disk(f"{free} bytes free")
         return True
 
     def _pause_for_disk(self, exc: BaseException) -> None:
         """Pause processing for ``process.disk_retry_s``; logged once per pause, counted."""
         self._disk_check_at = time.monotonic() + self.disk_retry_s
+        self._paused_by_floor = isinstance(exc, DiskFull)
         if self.disk_paused is None:
             self.disk_paused = " ".join(f"{type(exc).__name__}: {exc}".split())[:500]
             self.stats.disk_pauses += 1
             self.stats.disk_paused = 1
             log.error("disk full (%s): processing paused, nothing is lost or failed; it resumes on its own "
-                      "when space returns (checked every %.0f s)", self.disk_paused, self.disk_retry_s)
+                      "when space returns (checked every %g s)", self.disk_paused, self.disk_retry_s)
+
+    def _resume_after_disk(self, how: str) -> None:
+        if self.disk_paused is not None:
+            log.warning("disk has room again on %s (%s): processing resumed", self.data_dir, how)
+        self.disk_paused = None
+        self._paused_by_floor = False
+        self.stats.disk_paused = 0
 
     def _release_parked(self) -> None:
         """Send parked records whose revision can now be fetched back through the pipeline."""
@@ -371,6 +380,8 @@ class Processor:
             self._finish(source, work)
             summary.files += 1
             self.stats.files_processed += 1
+            if self.disk_paused is not None:
+                self._resume_after_disk(f"{source.name} went through")
         except Exception as exc:  # noqa: BLE001 - operational: keep input, count, retry or quarantine
             self._failed_attempt(source, work, state, exc, summary)
 

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import gc
+import os
+import subprocess
 import sys
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import pytest
 from greplin import scales
@@ -53,3 +55,32 @@ def make_engine(pm, tmp_path: Path) -> Callable[..., Engine]:
 def telemetry_cli() -> list[str]:
     """The command line that runs the installed ``telemetry`` console script."""
     return [str(Path(sys.executable).parent / "telemetry")]
+
+
+def require_component(reason: str) -> None:
+    """Skip a test whose real component is missing here; with
+    ``TELEMETRY_REQUIRE_COMPONENTS=1`` (set by .ci/run) fail it instead."""
+    if os.environ.get("TELEMETRY_REQUIRE_COMPONENTS") == "1":
+        pytest.fail(f"required component missing: {reason}")
+    pytest.skip(reason)
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A real, small filesystem (a 24 MiB tmpfs) that a test can fill up.
+
+    Mounting needs root (CI runs as root); elsewhere the test is skipped, or
+    fails under ``TELEMETRY_REQUIRE_COMPONENTS=1``.
+    """
+    mount_point = tmp_path / "disk"
+    mount_point.mkdir()
+    if os.geteuid() != 0:
+        require_component("mounting a tmpfs needs root (CI runs as root)")
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=24m,mode=0755", "tmpfs", str(mount_point)],
+                             capture_output=True, text=True)
+    if mounted.returncode != 0:
+        require_component(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+    try:
+        yield mount_point
+    finally:
+        subprocess.run(["umount", "-l", str(mount_point)], capture_output=True)
