@@ -231,6 +231,10 @@ CORE_SCHEMA = Section(
             "failed_days": Option("float", 30, nullable=True, minimum=0,
                                   help="Delete inputs in failed/ (and their .reason files) older than this; "
                                        "null = keep"),
+            "pending_days": Option("float", None, nullable=True, minimum=0,
+                                   help="Delete spool files of records parked in pending/ (waiting for their "
+                                        "Histograms.json revision) older than this, logging the records lost; "
+                                        "null = never"),
             "published_days": Option("float", None, nullable=True, minimum=0,
                                      help="Delete data files of the local archive (backend local) older than "
                                           "this; null = keep forever"),

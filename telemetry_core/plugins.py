@@ -48,6 +48,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "telemetry_core.s3_policy",
     "telemetry_core.retention",
     "telemetry_core.process_plugin",
+    "telemetry_core.replay",
     "telemetry_core.receive_paths",
     "telemetry_core.receive_bodies",
     "telemetry_core.receive_client_addr",

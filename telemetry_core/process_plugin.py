@@ -151,16 +151,22 @@ def telemetry_register_commands(cli: click.Group) -> None:
     @cli.command()
     @config_options
     @click.option("--ids", "ids_file", type=click.File("r"), default=None,
-                  help="File of submission ids that got a 2xx (one per line): each must have landed once.")
+                  help="File of submission ids that got a 2xx (one per line): each must have landed once "
+                       "(published or quarantined) or be parked.")
     def reconcile(config_path: str | None, overrides: tuple[str, ...], ids_file: Any) -> None:
-        """Prove every spooled submission landed in exactly one published file.
+        """Prove every acknowledged submission is published, quarantined with a reason, or parked.
 
         Reads every manifest in the archive (local or S3), checks each
         published file and record count, and lists spool files not processed
         yet. Files gone because their retention ended (retention.published_days
         for a local archive, retention.expire_after_days on S3) are counted as
-        expired, not as problems. Exit 0 when everything holds, 1 otherwise.
+        expired, not as problems. Also counts quarantined records by category
+        (less those replayed with telemetry replay), records parked in pending/
+        for a Histograms.json revision, and spool files in failed/: any of
+        those is a problem, as is a parked record that is neither still in
+        pending/ nor landed since. Exit 0 when everything holds, 1 otherwise.
         """
+        from .holdings import local_holdings
         from .manifests import reconcile as run_reconcile
         from .spool import list_finished_files
 
@@ -172,7 +178,8 @@ def telemetry_register_commands(cli: click.Group) -> None:
         retention = engine.config["retention"]
         expire_days = (retention.get("published_days") if engine.config.get("store.publish.backend") == "local"
                        else retention.get("expire_after_days"))
-        result = run_reconcile(engine.publisher(), ids, waiting, expire_after_days=expire_days)
+        result = run_reconcile(engine.publisher(), ids, waiting, expire_after_days=expire_days,
+                               held=local_holdings(engine))
         for problem in result.problems:
             click.echo(f"problem: {problem}")
         for record_id in result.missing_ids:
@@ -183,4 +190,21 @@ def telemetry_register_commands(cli: click.Group) -> None:
         expired = f" ({result.expired_files} expired by retention)" if result.expired_files else ""
         click.echo(f"{verdict}: {result.manifests} manifests, {result.files} files{expired}, "
                    f"{result.records} records")
+        for line in accounting_lines(result):
+            click.echo(line)
         sys.exit(0 if result.ok else EXIT_FAILED)
+
+
+def accounting_lines(result: Any) -> list[str]:
+    """Where the records that are not simply published are: reconcile's lines after its verdict."""
+    by_category = ", ".join(f"{name} {count}" for name, count in sorted(result.quarantined.items()) if count)
+    return [
+        f"quarantined: {sum(result.quarantined.values())} records" + (f" ({by_category})" if by_category else ""),
+        f"replayed: {result.replayed} records out of quarantine (their copies landed), "
+        f"{result.replay_waiting} waiting for the processor",
+        f"parked: {result.parked} records waiting in pending/ for their Histograms.json revision "
+        f"({result.pending_records} records in {result.pending_files} files there), "
+        f"{result.parked_landed} landed since",
+        f"failed: {result.failed_files} files in failed/ holding {result.failed_records} acknowledged records "
+        "not published",
+    ]

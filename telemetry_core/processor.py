@@ -69,6 +69,7 @@ from .pending import PENDING_DIR, ParkedWriter, PendingArea, pending_key
 from .publish_local import sha256_of
 from .record_decoder import convert, decode, raw_record, serialize
 from .record_limits import RecordLimits
+from .replay import replay_journal_key, replay_journal_path
 from .revisions import HgwebError
 from .spool import SpoolReader, finish_orphans, list_finished_files
 from .work_batch import WorkBatch
@@ -586,6 +587,11 @@ class Processor:
         manifest_path.write_bytes(orjson.dumps(manifest.to_json(), option=orjson.OPT_SORT_KEYS))
         self.publisher.publish(str(manifest_path), manifest_key(self.node_id, state.seq),
                                checksum=sha256_of(manifest_path))
+        journal = replay_journal_path(self.data_dir, state.source)
+        if journal.exists():  # a replay spool file: its originals are out of quarantine once this is published
+            self.publisher.publish(str(journal), replay_journal_key(self.node_id, state.source),
+                                   checksum=sha256_of(journal))
+            journal.unlink()
         self._keep_local_copies(work, state)
 
     def _keep_local_copies(self, work: Path, state: WorkState) -> None:

@@ -8,17 +8,24 @@ area                        what                                       kept for
 ==========================  =========================================  ===========================
 ``spool/processed/``        processed spool files kept for replay      ``spool_processed_days``
 ``failed/``                 inputs that failed, each with ``.reason``  ``failed_days``
+``pending/*/*.spool``       records parked for a Histograms.json rev.  ``pending_days`` (null: never)
 ``archive/_invalid/``       invalid-record files                       ``invalid_days``
 ``archive/`` data (local)   the local archive itself                   ``published_days``
 ``archive/`` (S3 backend)   local copies of verified S3 uploads        ``keep_local_days``
 ==========================  =========================================  ===========================
 
 Never touched: ``spool/open/`` and ``spool/finished/`` (unprocessed input),
-``work/``, ``state/``, ``metrics/``, ``ledger/``, and ``archive/_manifests/``
-and ``archive/_ledger/``.  Only regular files are deleted (symbolic links
-are neither followed nor removed, directories are left in place), and a
-file whose name starts with ``.`` (a publish in progress) is skipped.
-A failed input and its ``.reason`` file go together.
+``work/``, ``state/``, ``metrics/``, ``ledger/``, and ``archive/_manifests/``,
+``archive/_ledger/`` and ``archive/_replays/``.  Only regular files are
+deleted (symbolic links are neither followed nor removed, directories are
+left in place), and a file whose name starts with ``.`` (a publish in
+progress) is skipped.  A failed input and its ``.reason`` file go together.
+
+Inputs in ``failed/`` and parked spool files in ``pending/`` hold
+acknowledged records that were never published: deleting one logs a
+WARNING naming how many records are lost (read with ``SpoolReader``) and
+counts them in ``/retention/expired_records/<area>``.  In ``pending/`` only
+``*.spool`` files are swept (``revision.json`` stays).
 
 The built-in plugin adds ``telemetry retention sweep [--dry-run]``.
 """
@@ -37,12 +44,15 @@ import click
 from greplin import scales
 
 from .hookspecs import hookimpl
+from .spool import SpoolReader
 
 log = logging.getLogger(__name__)
 
 DAY = 86400.0
 #: Archive areas the sweep never deletes from (relative to ``archive/``).
-KEPT_ARCHIVE_AREAS = ("_manifests", "_ledger")
+KEPT_ARCHIVE_AREAS = ("_manifests", "_ledger", "_replays")
+#: Areas whose files hold acknowledged, unpublished records: their expiry is a loss, logged as one.
+RECORD_AREAS = ("failed", "pending")
 
 
 @dataclass(frozen=True)
@@ -105,6 +115,7 @@ def retention_areas(config: Any) -> list[Area]:
     return [
         Area("spool_processed", data_dir / "spool" / "processed", retention.get("spool_processed_days")),
         Area("failed", data_dir / "failed", retention.get("failed_days")),
+        Area("pending", data_dir / "pending", retention.get("pending_days")),
         Area("invalid", archive / "_invalid", invalid_days),
         Area("archive", archive, data_days, skip=("_invalid", *KEPT_ARCHIVE_AREAS)),
     ]
@@ -120,7 +131,8 @@ def sweep(areas: list[Area], *, now: float | None = None, dry_run: bool = False)
     now = time.time() if now is None else now
     report = SweepReport(dry_run=dry_run)
     stats = scales.collection("/retention", scales.IntDictStat("deleted_files"),
-                              scales.IntDictStat("deleted_bytes"), scales.IntStat("errors"))
+                              scales.IntDictStat("deleted_bytes"), scales.IntStat("errors"),
+                              scales.IntDictStat("expired_records"))
     for area in areas:
         result = report.areas.setdefault(area.name, AreaReport())
         if area.days is None:
@@ -133,6 +145,10 @@ def sweep(areas: list[Area], *, now: float | None = None, dry_run: bool = False)
             doomed = [(path, info)]
             if area.name == "failed":
                 doomed += _reason_file_of(path)
+            lost = _records_in(path) if area.name in RECORD_AREAS and not path.name.endswith(".reason") else None
+            if lost is not None and dry_run:
+                log.warning("would delete %s from %s/: %d acknowledged records never published would be lost",
+                            path, area.name, lost)
             for victim, victim_info in doomed:
                 if dry_run:
                     log.info("would delete %s (%s, %.1f days old)", victim, area.name,
@@ -149,6 +165,11 @@ def sweep(areas: list[Area], *, now: float | None = None, dry_run: bool = False)
                         continue
                     log.info("deleted %s (%s, %.1f days old)", victim, area.name,
                              (now - victim_info.st_mtime) / DAY)
+                    if lost is not None and victim == path:
+                        log.warning("retention deleted %s from %s/ after %.1f days: %d acknowledged records "
+                                    "that were never published are lost", victim, area.name,
+                                    (now - victim_info.st_mtime) / DAY, lost)
+                        stats.expired_records[area.name] += lost
                     stats.deleted_files[area.name] += 1
                     stats.deleted_bytes[area.name] += victim_info.st_size
                 result.files += 1
@@ -176,12 +197,23 @@ def _files(area: Area) -> Iterator[tuple[Path, os.stat_result]]:
             path = here / name
             if area.name == "failed" and name.endswith(".reason") and (here / name[: -len(".reason")]).exists():
                 continue
+            if area.name == "pending" and not name.endswith(".spool"):
+                continue  # revision.json stays beside what is left
             try:
                 info = path.lstat()
             except FileNotFoundError:
                 continue
             if stat.S_ISREG(info.st_mode):
                 yield path, info
+
+
+def _records_in(path: Path) -> int:
+    """How many records a spool file holds (0 if it cannot be read: the warning still names it)."""
+    try:
+        return sum(1 for _ in SpoolReader(path))
+    except (OSError, ValueError) as exc:
+        log.error("could not count the records of %s: %s", path, exc)
+        return 0
 
 
 def _reason_file_of(path: Path) -> list[tuple[Path, os.stat_result]]:
@@ -219,7 +251,9 @@ def telemetry_register_commands(cli: click.Group) -> None:
     def retention_sweep(config_path: str | None, overrides: tuple[str, ...], dry_run: bool, verbose: bool) -> None:
         """Delete files older than the retention settings from spool/processed/, failed/ and archive/.
 
-        Never touches unprocessed spool files (spool/open/, spool/finished/), work/ or state/.
+        Never touches unprocessed spool files (spool/open/, spool/finished/), work/ or state/;
+        pending/ only when retention.pending_days is set. Deleting a file of failed/ or pending/
+        logs a WARNING with the number of acknowledged records lost.
         """
         engine = load_engine(config_path, overrides)
         report = sweep(retention_areas(engine.config), dry_run=dry_run)

@@ -53,11 +53,16 @@ LAYOUT = {
     "archive/_manifests/n1/1.json": 500,
     "archive/_ledger/state.json": 500,
     "archive/saved-session/Firefox/release/23.0/.publish-tmp123": 500,  # a publish in progress
+    "archive/_replays/n1/n1.7.1.1.spool.json": 500,
+    "pending/mozilla-release.a55c55edf302/n1.44.spool": 400,  # parked records: never, by default
+    "pending/mozilla-release.a55c55edf302/revision.json": 400,
 }
 NEVER_SWEPT = {"spool/open/n1.42.spool", "spool/finished/n1.41.spool", "work/n1.40/out/x.log.xz",
                "state/processor.lock", "metrics/process.json", "ledger/dedup.sqlite",
                "archive/_manifests/n1/1.json", "archive/_ledger/state.json",
-               "archive/saved-session/Firefox/release/23.0/.publish-tmp123"}
+               "archive/saved-session/Firefox/release/23.0/.publish-tmp123",
+               "archive/_replays/n1/n1.7.1.1.spool.json", "pending/mozilla-release.a55c55edf302/n1.44.spool",
+               "pending/mozilla-release.a55c55edf302/revision.json"}
 
 
 @pytest.fixture
@@ -157,3 +162,51 @@ def test_the_command_sweeps_and_reports(data_dir, tmp_path):
     assert real.returncode == 0, real.stderr
     assert "total: deleted 5 files" in real.stdout
     assert NEVER_SWEPT <= tree(data_dir)
+
+
+def spool_of(root: Path, relative: str, records: int, age_days: float) -> Path:
+    """A real spool file of ``records`` records at ``root/relative``, ``age_days`` old."""
+    from telemetry_core.spool import SpoolWriter
+
+    with SpoolWriter(root / "scratch", "n1") as writer:
+        for index in range(records):
+            writer.append(f"{index:08x}-0000-4000-8000-000000000000", b"{}", timestamp_ms=1378822911255)
+    (finished,) = (root / "scratch" / "finished").iterdir()
+    target = root / relative
+    target.parent.mkdir(parents=True, exist_ok=True)
+    finished.rename(target)
+    stamp = NOW - age_days * DAY
+    os.utime(target, (stamp, stamp))
+    return target
+
+
+def test_expiring_failed_inputs_warns_with_the_records_lost(tmp_path, caplog):
+    from telemetry_core.metrics import snapshot
+
+    failed = spool_of(tmp_path, "failed/n1.1.2.3.spool", 3, age_days=40)
+    make_file(tmp_path, "failed/n1.1.2.3.spool.reason", 40)
+    dry = sweep(retention_areas(config_for(tmp_path)), now=NOW, dry_run=True)
+    assert dry.areas["failed"].files == 2 and failed.exists()
+    assert "3 acknowledged records never published would be lost" in caplog.text
+    caplog.clear()
+
+    sweep(retention_areas(config_for(tmp_path)), now=NOW)
+    assert not failed.exists()
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert warnings == [f"retention deleted {failed} from failed/ after 40.0 days: 3 acknowledged records "
+                        "that were never published are lost"]
+    assert snapshot()["retention"]["expired_records"] == {"failed": 3}
+
+
+def test_pending_is_swept_only_with_pending_days(tmp_path, caplog):
+    from telemetry_core.metrics import snapshot
+
+    parked = spool_of(tmp_path, "pending/mozilla-release.abc/n1.1.2.3.spool", 2, age_days=100)
+    revision = make_file(tmp_path, "pending/mozilla-release.abc/revision.json", 100)
+    report = sweep(retention_areas(config_for(tmp_path)), now=NOW)
+    assert parked.exists() and report.areas["pending"].files == 0
+
+    sweep(retention_areas(config_for(tmp_path, "retention.pending_days=90")), now=NOW)
+    assert not parked.exists() and revision.exists()
+    assert f"retention deleted {parked} from pending/ after 100.0 days: 2 acknowledged records" in caplog.text
+    assert snapshot()["retention"]["expired_records"] == {"pending": 2}
