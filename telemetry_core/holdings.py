@@ -20,11 +20,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .pending import PENDING_DIR
+from .record_decoder import SUBMIT_PREFIX
 from .replay import local_journals, spool_file_present
 from .spool import SpoolReader
-
-SUBMIT_PREFIX = "/submit/telemetry/"
-PENDING_DIR = "pending"
 
 
 @dataclass

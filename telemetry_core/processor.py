@@ -498,10 +498,11 @@ class Processor:
             convert(engine, record)
             stage = "serialize"
             serialize(record)
-            stage = "dedup"
+            stage = "partition"
+            partition = batch.check_path(engine.partition(record=record, seq=seq))
+            stage = "dedup"  # last before the store: a decided record is stored (docs/dedup.md)
             self._dedup(record)
             stage = "store"
-            partition = engine.partition(record=record, seq=seq)
             engine.store_record(record=record, partition=partition, batch=batch)
             self.stats.records_valid += 1
         except RecordError as error:

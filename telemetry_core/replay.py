@@ -49,6 +49,7 @@ from .atomic_files import fsync_directory, write_json_atomically
 from .errors import ConfigError, TelemetryError
 from .hookspecs import hookimpl
 from .process_state import InstanceLock, ProcessorLocked
+from .pending import PendingArea
 from .spool import SpoolFileName, SpoolRecordError
 from .spool_format import encode_record_parts
 
@@ -457,6 +458,22 @@ def format_report(report: ReplayReport) -> list[str]:
     return lines
 
 
+def release_parked_now(engine: Any, *, dry_run: bool) -> None:
+    """``telemetry replay --parked``: move every parked file into spool/finished/ now.
+
+    A record whose revision still cannot be fetched is parked again by the
+    processor; the others are published."""
+    area = PendingArea(Path(engine.config.data_dir), engine.node_id, retry_s=0.0, max_retry_s=0.0)
+    files = list(area.parked_records())
+    if dry_run:
+        click.echo(f"would release {len(files)} parked file(s) of {len(area.keys())} revision(s)")
+        engine.shutdown(command="replay")
+        return
+    summary = area.release_due(lambda revision, info: True, force=True)
+    click.echo(f"released {summary.released_files} parked file(s); the processor picks them up")
+    engine.shutdown(command="replay")
+
+
 @hookimpl
 def telemetry_register_commands(cli: click.Group) -> None:
     from .cli import EXIT_CONFIG, EXIT_FAILED, config_options, fail, finish, load_engine
@@ -468,8 +485,11 @@ def telemetry_register_commands(cli: click.Group) -> None:
     @click.option("--since", metavar="YYYY-MM-DD", default=None,
                   help="Only records received on or after this UTC day.")
     @click.option("--dry-run", is_flag=True, help="Say what would be replayed; write nothing.")
+    @click.option("--parked", is_flag=True,
+                  help="Instead: send every record parked in pending/ (waiting for a Histograms.json "
+                       "revision) to the processor now, without waiting for its next scheduled try.")
     def replay_command(config_path: str | None, overrides: tuple[str, ...], categories: tuple[str, ...],
-                       since: str | None, dry_run: bool) -> None:
+                       since: str | None, dry_run: bool, parked: bool) -> None:
         """Send quarantined records (_invalid/) through the processor again, once the cause is fixed.
 
         Writes them, byte for byte as received, as spool files into
@@ -479,6 +499,9 @@ def telemetry_register_commands(cli: click.Group) -> None:
         be read (the rest is still replayed).
         """
         engine = load_engine(config_path, overrides)
+        if parked:
+            release_parked_now(engine, dry_run=dry_run)
+            return
         try:
             report = replay(engine, categories=categories, since=since, dry_run=dry_run)
         except TelemetryError as exc:

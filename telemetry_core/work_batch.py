@@ -35,11 +35,17 @@ class WorkBatch:
         self.touched: set[str] = set()
         self._open: OrderedDict[str, BinaryIO] = OrderedDict()
 
-    def append(self, relative_path: str, data: bytes, records: int = 1) -> None:
+    @staticmethod
+    def check_path(relative_path: str) -> str:
+        """``relative_path`` when it stays inside the batch; else ``RecordError("write_failed")``."""
         try:
             check_key(relative_path)
         except PublishError:
             raise RecordError("write_failed", f"a store plugin chose the unsafe path {relative_path!r}") from None
+        return relative_path
+
+    def append(self, relative_path: str, data: bytes, records: int = 1) -> None:
+        self.check_path(relative_path)
         handle = self._open.get(relative_path)
         if handle is None:
             path = self.root / relative_path

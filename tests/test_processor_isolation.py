@@ -242,4 +242,4 @@ def test_a_store_plugin_that_fails_on_one_record_quarantines_only_that_record(tm
     assert summary.files == 1 and summary.failed_files == []
     published, quarantined = read_archive(tmp_path / "archive")
     assert published == {uuid(1): 1, uuid(3): 1}
-    assert quarantined[uuid(2)][0][1]["detail"] == "store: ValueError: cannot place this one"
+    assert quarantined[uuid(2)][0][1]["detail"] == "partition: ValueError: cannot place this one"

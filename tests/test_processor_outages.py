@@ -24,7 +24,10 @@ from pathlib import Path
 
 import orjson
 import pytest
+from click.testing import CliRunner
 
+from telemetry_core.cli import cli
+from telemetry_core.holdings import local_holdings
 from telemetry_core.manifests import reconcile
 from telemetry_core.processor import Processor, disk_full_error
 from telemetry_core.publish_local import LocalArchive
@@ -223,6 +226,9 @@ def test_records_needing_an_unreachable_revision_are_parked_and_published_later(
     manifest = json.loads(manifest_path.read_text())
     assert sorted(entry[1] for entry in manifest["parked"]) == sorted(set(revisions) - seeded)
     assert manifest["records_read"] == 12
+    # reconcile accounts for every acknowledged id: published or parked
+    result = reconcile(processor.publisher, revisions, held=local_holdings(processor.engine))
+    assert result.ok and result.parked == 8, (result.problems, result.missing_ids)
 
     # While the server stays broken, the parked records wait (and nothing fails).
     processor.run_once()
@@ -239,7 +245,8 @@ def test_records_needing_an_unreachable_revision_are_parked_and_published_later(
     assert published_ids(data / "archive") == {record_id: 1 for record_id in revisions}
     assert not list((data / "pending").rglob("*.spool"))
     assert processor.stats.parked_released_files == 2
-    assert reconcile(LocalArchive(data / "archive"), revisions).ok
+    result = reconcile(processor.publisher, revisions, held=local_holdings(processor.engine))
+    assert result.ok and result.parked == 0 and result.parked_landed == 8, result.problems
 
 
 def test_parked_records_wait_for_their_schedule(tmp_path, hg):
@@ -290,3 +297,26 @@ def test_a_crash_after_parking_leaves_no_duplicate(tmp_path, hg):
         processor.run_once()
         time.sleep(0.05)
     assert published_ids(data / "archive") == {record_id: 1 for record_id in revisions}
+
+
+def test_replay_parked_sends_parked_records_now_and_reconcile_agrees(tmp_path, hg):
+    data = tmp_path / "data"
+    _, revisions = mixed_file(data)
+    processor = Processor(server_engine(tmp_path, hg, "process.pending_retry_s=3600"))
+    processor.run_once()
+    config = tmp_path / "c.yaml"
+    config.write_text(f"data_dir: {data}\nnode_id: n1\nconvert:\n  histograms:\n    server: {hg.url}\n"
+                      f"    cache_dir: {tmp_path / 'cache'}\n")
+    checked = CliRunner().invoke(cli, ["reconcile", "--config", str(config)])
+    assert checked.exit_code == 0, checked.output
+    assert "parked" in checked.output
+    dry = CliRunner().invoke(cli, ["replay", "--parked", "--dry-run", "--config", str(config)])
+    assert dry.exit_code == 0 and "would release 2 parked file(s) of 2 revision(s)" in dry.output
+    assert len(list((data / "pending").rglob("*.spool"))) == 2
+    hg.start()
+    done = CliRunner().invoke(cli, ["replay", "--parked", "--config", str(config)])
+    assert done.exit_code == 0 and "released 2 parked file(s)" in done.output, done.output
+    processor.run_once()
+    assert published_ids(data / "archive") == {record_id: 1 for record_id in revisions}
+    checked = CliRunner().invoke(cli, ["reconcile", "--config", str(config)])
+    assert checked.exit_code == 0, checked.output
