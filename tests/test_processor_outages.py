@@ -196,6 +196,15 @@ def server_engine(tmp_path: Path, hg: HgStub, *extra: str):
         "convert.histograms.read_timeout=0.5", "process.pending_retry_s=0", *extra])
 
 
+def process_until_published(processor: Processor, archive: Path, ids: dict[str, str]) -> None:
+    """Run the processor until every id is published (30 s at most); each must be there once."""
+    deadline = time.monotonic() + 30
+    while published_ids(archive).keys() != ids.keys() and time.monotonic() < deadline:
+        processor.run_once()
+        time.sleep(0.05)
+    assert published_ids(archive) == {record_id: 1 for record_id in ids}
+
+
 def mixed_file(data: Path) -> tuple[Path, dict[str, str]]:
     revisions = {}
     records = []
@@ -238,11 +247,7 @@ def test_records_needing_an_unreachable_revision_are_parked_and_published_later(
     hg.stop()
     hg.mode = "ok"
     hg.start()
-    deadline = time.monotonic() + 30
-    while published_ids(data / "archive").keys() != revisions.keys() and time.monotonic() < deadline:
-        processor.run_once()
-        time.sleep(0.05)
-    assert published_ids(data / "archive") == {record_id: 1 for record_id in revisions}
+    process_until_published(processor, data / "archive", revisions)
     assert not list((data / "pending").rglob("*.spool"))
     assert processor.stats.parked_released_files == 2
     result = reconcile(processor.publisher, revisions, held=local_holdings(processor.engine))
@@ -292,11 +297,7 @@ def test_a_crash_after_parking_leaves_no_duplicate(tmp_path, hg):
     parked = list((data / "pending").rglob("*.spool"))
     assert len(parked) == 2
     hg.start()
-    deadline = time.monotonic() + 30
-    while published_ids(data / "archive").keys() != revisions.keys() and time.monotonic() < deadline:
-        processor.run_once()
-        time.sleep(0.05)
-    assert published_ids(data / "archive") == {record_id: 1 for record_id in revisions}
+    process_until_published(processor, data / "archive", revisions)
 
 
 def test_replay_parked_sends_parked_records_now_and_reconcile_agrees(tmp_path, hg):
