@@ -235,6 +235,46 @@ def test_dedup_deduplicator_records_counts_and_raises_for_duplicates(dedup_engin
     assert (engine.config.data_dir / "state" / "dedup.sqlite").exists()
 
 
+def test_dedup_deduplicator_tells_same_millisecond_copies_apart_by_spool_location(dedup_engine):
+    engine, _ = dedup_engine
+    dedup = Deduplicator.from_engine(engine)
+    first, second = (Sub(uuid(1), "idle-daily", b'{"d":1}', T0).record() for _ in range(2))
+    first.source, second.source = "n1.1.100.1.log:0", "n1.2.100.1.log:0"  # two edge workers' spool files
+    assert dedup.decide(record=first).outcome == "kept"
+    with pytest.raises(DuplicateRecord):
+        dedup.decide(record=second)
+    assert dedup.decide(record=first).replayed  # a retry of the first file
+    dedup.close()
+
+
+class LegacyBackend:
+    """A third-party backend written before ``copy_id`` existed."""
+
+    name = "legacy"
+
+    def __init__(self) -> None:
+        self.states: dict[str, SessionState] = {}
+
+    def decide(self, key, record_id, received_at_ms):
+        state = self.states.setdefault(key.session, SessionState())
+        return dedup_rules.decide(state, key, record_id, received_at_ms, now_us=len(self.states) + 1)
+
+    def close(self) -> None:
+        pass
+
+
+def test_dedup_deduplicator_keeps_working_with_a_backend_without_copy_id(dedup_engine, caplog):
+    engine, _ = dedup_engine
+    dedup = Deduplicator(engine, LegacyBackend(), None)
+    assert "does not accept copy_id" in caplog.text
+    record = Sub(uuid(1), "idle-daily", b'{"d":1}', T0).record()
+    record.source = "n1.1.100.1.log:0"
+    assert dedup.decide(record=record).outcome == "kept"
+    with pytest.raises(DuplicateRecord):
+        dedup.decide(record=Sub(uuid(1), "idle-daily", b'{"d":1}', T0 + 1).record())
+    dedup.close()
+
+
 def test_dedup_backend_is_chosen_by_config(dedup_engine, make_engine, pm):
     engine, _ = dedup_engine
     assert engine.dedup_backend().name == "sqlite"
