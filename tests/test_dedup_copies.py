@@ -5,6 +5,7 @@ reader of ``telemetry mapreduce --dedup``, the session must still have exactly o
 from __future__ import annotations
 
 import json
+import subprocess
 import textwrap
 from pathlib import Path
 
@@ -23,6 +24,7 @@ T0 = 1_378_822_911_255
 
 LIVE_KINDS_JOB = '''
 import json
+import subprocess
 
 
 def map(key, dims, value, context):
@@ -115,3 +117,39 @@ def test_a_retried_spool_file_still_replays_its_decisions(tmp_path, engine_overr
     processor.close()
     assert live_records(engine, tmp_path) == {session: ["idle-daily:1"]}
     assert (summary.records_valid, summary.records_invalid) == (1, 1)
+
+
+def run_dedup_check(telemetry_cli, data_dir: Path, overrides: list[str]) -> subprocess.CompletedProcess:
+    sets = sum((["--set", o] for o in [f"data_dir={data_dir}", "node_id=n1", *overrides]), [])
+    return subprocess.run([*telemetry_cli, "dedup", "check", *sets], capture_output=True, text=True, timeout=120)
+
+
+def test_dedup_check_reports_sessions_with_more_than_one_live_record(tmp_path, engine_overrides, monkeypatch,
+                                                                     telemetry_cli):
+    """``telemetry dedup check`` finds what issue #16 found with a job: a backend that cannot tell
+    same-millisecond copies apart (as before copy ids) leaves two live records; it exits 1."""
+    session, other = uuid(16), uuid(17)
+    records = [(session, "idle-daily", ping("idle-daily", 1), T0),
+               (session, "idle-daily", ping("idle-daily", 2), T0 + 5),
+               (other, "saved-session", ping("saved-session", 3), T0 + 9)]
+    overrides = {name: engine_overrides + [f'dedup.redis_prefix="{name}:"'] for name in ("blind", "fixed")}
+    for data_dir, blind in ((tmp_path / "blind", True), (tmp_path / "fixed", False)):
+        spool_file(data_dir, records)
+        spool_file(data_dir, records[1:2])  # the resend, same ms, the other edge worker's file
+        with monkeypatch.context() as patch:
+            if blind:
+                patch.setattr("telemetry_core.dedup.accepts_copy_id", lambda backend: False)
+            processor = Processor(processor_engine(data_dir, overrides=overrides[data_dir.name]))
+            processor.run_once()
+            processor.close()
+    blind = run_dedup_check(telemetry_cli, tmp_path / "blind", overrides["blind"])
+    assert blind.returncode == 1, blind.stderr
+    assert f"session {session}: 2 live records: " in blind.stdout
+    assert blind.stdout.count("(idle-daily)") == 2
+    assert "dedup check: 2 sessions checked (3 live records, 1 superseded records skipped" in blind.stdout
+    assert "1 sessions have more than one live record" in blind.stdout
+    fixed = run_dedup_check(telemetry_cli, tmp_path / "fixed", overrides["fixed"])
+    assert fixed.returncode == 0, fixed.stdout + fixed.stderr
+    assert fixed.stdout.splitlines()[-1].startswith("dedup check: 2 sessions checked (2 live records, "
+                                                    "1 superseded records skipped")
+    assert fixed.stdout.splitlines()[-1].endswith("each has one live record")
