@@ -363,3 +363,29 @@ def test_dedup_reduce_filter_streams_the_ledger_from_s3(make_engine, pm, s3_endp
     superseded = {key for key, value in final.items() if value}
     assert {key for key in final if not keep(key[0], (), body_hash=key[1])} == superseded
     assert os.environ["AWS_ACCESS_KEY_ID"] == "test"
+
+
+def test_dedup_ledger_file_published_while_a_reader_lists_is_still_read(tmp_path):
+    """The processor finishes, publishes and deletes a node's ledger file at any moment; a reader
+    that lists the archive before the node's own directory could miss it in both. Local files are
+    listed first (open ones, then finished ones), the archive last, so it is read in one of them."""
+    data_dir, archive = tmp_path / "node", tmp_path / "archive"
+    old, new = Sub(uuid(1), "idle-daily", b'{"d":1}', T0), Sub(uuid(1), "idle-daily", b'{"d":2}', T0 + 1)
+    state = SessionState()
+    published = LedgerWriter(archive / "_ledger", "n0")  # another node's file
+    published.write(decide(state, new.key(), new.id, new.received_at_ms, now_us=2, copy_id="a:0"))
+    published.close()
+    local = LedgerWriter(data_dir / dedup_ledger.LEDGER_DIR, "n1")
+    local.write(decide(state, old.key(), old.id, old.received_at_ms, now_us=3, copy_id="b:0"))  # stale: S old
+    finished = local.close()
+    ledger = DedupLedger()
+    for index, (name, opener) in enumerate(dedup_ledger.ledger_sources(str(archive), data_dir=data_dir)):
+        if index == 0:  # between this reader's listings the processor publishes the local file
+            os.rename(finished, archive / "_ledger" / finished.name)
+        try:
+            stream = opener()
+        except FileNotFoundError:
+            continue
+        with stream:
+            ledger.add(stream, name=name)
+    assert ledger.is_superseded(uuid(1), old.hash)
