@@ -11,7 +11,9 @@
     dedup.close()                                # at exit: finishes the ledger file
 
 :meth:`Deduplicator.decide` asks ``telemetry_dedup_key`` what the record is
-de-duplicated on, has the backend (``telemetry_dedup_backend``) decide,
+de-duplicated on, has the backend (``telemetry_dedup_backend``) decide
+(passing the record's spool location, ``record.source``, as the copy id,
+so two copies received in the same millisecond are told apart),
 appends the decision to this process's ledger file, calls
 ``telemetry_dedup_decided`` and counts the outcome under ``/dedup``.
 See docs/dedup.md for the rules and for what the processor must do with
@@ -20,6 +22,7 @@ each outcome.
 
 from __future__ import annotations
 
+import inspect
 import logging
 from pathlib import Path
 from typing import Any
@@ -48,6 +51,17 @@ class DuplicateRecord(RecordError):
         self.decision = decision
 
 
+def accepts_copy_id(backend: DedupBackend) -> bool:
+    """Whether ``backend.decide`` takes the ``copy_id=`` keyword (backends
+    written before it existed do not; they still work, without it)."""
+    try:
+        parameters = inspect.signature(backend.decide).parameters.values()
+    except (TypeError, ValueError):  # no signature to read: do not risk a TypeError per record
+        return False
+    return any(p.kind is p.VAR_KEYWORD or (p.name == "copy_id" and p.kind is not p.POSITIONAL_ONLY)
+               for p in parameters)
+
+
 class Deduplicator:
     """Key, backend decision, ledger line, ``telemetry_dedup_decided`` and metrics, per record.
 
@@ -64,6 +78,11 @@ class Deduplicator:
         self.backend = backend
         self.ledger = ledger
         self.duplicates = duplicates
+        self.passes_copy_id = accepts_copy_id(backend)
+        if not self.passes_copy_id:
+            log.warning("dedup backend %s does not accept copy_id=: copies of a record received in the same "
+                        "millisecond are decided as one submission and all of them stay in the main store "
+                        "(see docs/dedup.md, Limits)", type(backend).__name__)
         self.stats = scales.collection("/dedup", scales.IntStat("decisions"), scales.IntDictStat("outcomes"),
                                        scales.IntStat("replayed"), scales.IntStat("unavailable"),
                                        scales.IntStat("rejected"))
@@ -93,6 +112,8 @@ class Deduplicator:
                 decision = Decision(rules.NOT_APPLICABLE, record_id,
                                     body_hash=rules.normalize_body_hash(record.body_hash),
                                     received_at_ms=record.received_at_ms)
+            elif self.passes_copy_id and record.source:
+                decision = self.backend.decide(key, record.id, record.received_at_ms, copy_id=record.source)
             else:
                 decision = self.backend.decide(key, record.id, record.received_at_ms)
         except rules.DedupKeyError:

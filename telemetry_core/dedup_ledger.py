@@ -406,10 +406,21 @@ class LedgerRecordFilter:
 
 def ledger_sources(uri: str, *, data_dir: str | os.PathLike[str] | None = None,
                    s3_client: Any = None) -> Iterator[tuple[str, Callable[[], IO[bytes]]]]:
-    """Yield ``(name, opener)`` for every ledger file of an input: the
-    finished files under ``<uri>/_ledger/`` (a local directory, ``file://``
-    URI or ``s3://bucket/prefix``) and, when ``data_dir`` is given, the
-    node's own ``<data_dir>/ledger/`` files, finished or being written."""
+    """Yield ``(name, opener)`` for every ledger file of an input: when
+    ``data_dir`` is given, the node's own ``<data_dir>/ledger/`` files (being
+    written, then finished), then the finished files under ``<uri>/_ledger/``
+    (a local directory, ``file://`` URI or ``s3://bucket/prefix``).
+
+    Each place is listed only after the files of the one before it were
+    yielded, in the order a file moves (``.part``, finished, published, then
+    deleted locally), so a file that moves on while it is read is found in
+    the next place.  Open each file as it is yielded; one that is gone
+    (``FileNotFoundError``) is in a later place."""
+    if data_dir is not None:
+        local = Path(data_dir) / LEDGER_DIR
+        for pattern in (f"*{SUFFIX}{PART}", f"*{SUFFIX}"):
+            for path in sorted(local.glob(pattern)):
+                yield str(path), (lambda path=path: open(path, "rb"))
     parsed = urlparse(uri)
     if parsed.scheme == "s3":
         client = s3_client
@@ -427,10 +438,6 @@ def ledger_sources(uri: str, *, data_dir: str | os.PathLike[str] | None = None,
     else:
         root = Path(unquote(parsed.path) if parsed.scheme == "file" else uri)
         for path in sorted((root / ARCHIVE_PREFIX).glob(f"*{SUFFIX}")):
-            yield str(path), (lambda path=path: open(path, "rb"))
-    if data_dir is not None:
-        local = Path(data_dir) / LEDGER_DIR
-        for path in sorted(local.glob(f"*{SUFFIX}")) + sorted(local.glob(f"*{SUFFIX}{PART}")):
             yield str(path), (lambda path=path: open(path, "rb"))
 
 

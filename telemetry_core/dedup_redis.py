@@ -107,8 +107,9 @@ class RedisDedupBackend:
         self._cas = client.register_script(CAS_SCRIPT)
         self.stats = counter_stats("/dedup/redis", "decisions", "replays", "conflicts", "retries", "unavailable")
 
-    def decide(self, key: DedupKey, record_id: str, received_at_ms: int) -> Decision:
-        """Decide on one submission atomically (see the module docstring)."""
+    def decide(self, key: DedupKey, record_id: str, received_at_ms: int, *, copy_id: str = "") -> Decision:
+        """Decide on one submission atomically (see the module docstring, and
+        :func:`telemetry_core.dedup_rules.decide` for ``copy_id``)."""
         session, _, _ = rules.check_key(key, record_id, received_at_ms)
         if key.kind not in rules.DEDUPLICATED_KINDS:
             return rules.decide(SessionState(), key, record_id, received_at_ms, now_us=0)
@@ -120,7 +121,7 @@ class RedisDedupBackend:
         while True:
             guessed = seen is None
             try:
-                decision, seen = self._attempt(redis_key, seen, key, record_id, received_at_ms)
+                decision, seen = self._attempt(redis_key, seen, key, record_id, received_at_ms, copy_id)
             except (self._errors.ConnectionError, self._errors.TimeoutError, self._errors.BusyLoadingError,
                     self._errors.ReadOnlyError, OSError) as exc:
                 now = time.monotonic()
@@ -155,14 +156,15 @@ class RedisDedupBackend:
                                             f"under {conflicts} attempts in a row; retry later")
 
     def _attempt(self, redis_key: str, seen: tuple[bytes, bytes] | None, key: DedupKey, record_id: str,
-                 received_at_ms: int) -> tuple[Decision | None, tuple[bytes, bytes] | None]:
+                 received_at_ms: int, copy_id: str) -> tuple[Decision | None, tuple[bytes, bytes] | None]:
         """Decide on the state last seen (first: guess the session is new) and
         compare-and-set it.  Returns ``(decision, seen)``; the decision is
         ``None`` when the stored state was not the one decided on, and then
         ``seen`` is the stored state, which the next attempt decides on."""
         version, blob = seen if seen is not None else (b"", b"")
         state = SessionState.from_bytes(blob) if blob else SessionState()
-        decision = rules.decide(state, key, record_id, received_at_ms, now_us=int(self.clock() * 1e6))
+        decision = rules.decide(state, key, record_id, received_at_ms, now_us=int(self.clock() * 1e6),
+                                copy_id=copy_id)
         if decision.replayed:
             return decision, seen
         reply = self._cas(keys=[redis_key], args=[version, state.version, state.to_bytes(), self.ttl_ms])

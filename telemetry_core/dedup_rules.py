@@ -7,7 +7,9 @@ written down in docs/dedup.md; in short:
 
 * a stored record is identified by ``(record id, body hash)``, its
   *content*; a *submission* (one copy of a content) additionally by its
-  receive time ``received_at_ms``;
+  receive time ``received_at_ms`` and its *copy id*, which tells apart
+  copies received in the same millisecond (the processor passes the
+  copy's spool location, ``<spool file>:<offset>``, which a retry keeps);
 * within a session, contents are ranked by ``(is saved-session, first
   receive time, body hash, record id)``; the highest is **live**, every
   other content is **superseded**.  So the latest idle-daily is live until
@@ -17,7 +19,8 @@ written down in docs/dedup.md; in short:
   resubmission); it can lower the content's first receive time;
 * deciding the same submission again returns the first decision unchanged
   (``replayed``), so a processor that retries a spool file gets the same
-  answers;
+  answers; another copy, even one received in the same millisecond, is a
+  duplicate, so the main store holds each content once;
 * the *final* state of every content depends only on the set of
   submissions seen, never on the order they were decided in; each decision
   lists the state changes it caused (``Decision.changes``) with a
@@ -57,6 +60,11 @@ OUTCOMES = (KEPT, SUPERSEDED_EARLIER, DUPLICATE, STALE, NOT_APPLICABLE)
 #: States of a stored record (a content) in ``Decision.changes`` and in the ledger.
 SUPERSEDED = "superseded"
 LIVE = "live"
+
+#: The format of :meth:`SessionState.to_bytes`; :meth:`SessionState.from_bytes` also reads format 1
+#: (written before copy ids existed: its decisions are keyed without one).
+STATE_FORMAT = 2
+STATE_FORMATS = (1, 2)
 
 #: Size of the digest of :func:`body_hash`, in bytes (32 hex digits).
 BODY_HASH_BYTES = 16
@@ -162,7 +170,7 @@ class SessionState:
     ``version`` is the version of the last decision (strictly increasing);
     ``contents`` the session's stored records by ``"<record id>:<body
     hash>"``; ``decisions`` every decision made, by
-    ``"<record id>:<body hash>:<received_at_ms>"`` (replays return them).
+    :func:`submission_key` (replays return them).
     """
 
     version: int = 0
@@ -176,25 +184,28 @@ class SessionState:
     def to_bytes(self) -> bytes:
         """Compact JSON, for the SQLite row and the Redis hash."""
         return orjson.dumps({
-            "format": 1,
+            "format": STATE_FORMAT,
             "v": self.version,
             "c": [[c.record_id, c.body_hash, c.kind, c.first_ms, int(c.superseded)]
                   for c in self.contents.values()],
             "d": [[d.record_id, d.body_hash, d.received_at_ms, d.outcome, d.version, list(d.supersedes),
-                   [list(change) for change in d.changes]] for d in self.decisions.values()],
+                   [list(change) for change in d.changes], _copy_id_of(submission)]
+                  for submission, d in self.decisions.items()],
         })
 
     @classmethod
     def from_bytes(cls, data: bytes | str) -> "SessionState":
         try:
             document = orjson.loads(data)
-            if document.get("format") != 1:
-                raise DedupStateError(f"session state has format {document.get('format')!r}; this version reads 1")
+            if document.get("format") not in STATE_FORMATS:
+                raise DedupStateError(f"session state has format {document.get('format')!r}; this version "
+                                      f"reads {' and '.join(map(str, STATE_FORMATS))}")
             state = cls(version=int(document["v"]))
             for record_id, digest, kind, first_ms, superseded in document["c"]:
                 state.contents[f"{record_id}:{digest}"] = Content(record_id, digest, kind, first_ms, bool(superseded))
-            for record_id, digest, received, outcome, version, supersedes, changes in document["d"]:
-                state.decisions[f"{record_id}:{digest}:{received}"] = Decision(
+            for record_id, digest, received, outcome, version, supersedes, changes, *copy in document["d"]:
+                copy_id = copy[0] if copy and document["format"] >= 2 else ""
+                state.decisions[submission_key(record_id, digest, received, copy_id)] = Decision(
                     outcome, record_id, tuple(supersedes), body_hash=digest, received_at_ms=received,
                     version=version, changes=tuple(tuple(change) for change in changes))
         except DedupStateError:
@@ -208,9 +219,37 @@ class SessionState:
         """Contents not marked superseded: 0 or 1 after every decision (tests check it)."""
         return sum(1 for c in self.contents.values() if not c.superseded)
 
+    def earlier_decision(self, record_id: str, digest: str, received_at_ms: int, copy_id: str) -> Decision | None:
+        """The decision already made on this submission, or ``None``.
+
+        A submission with a copy id matches its own decision, or one made
+        without a copy id (by a caller or a state that had none); one
+        without a copy id matches any copy with the same receive time (the
+        identity before copy ids existed)."""
+        triple = submission_key(record_id, digest, received_at_ms, "")
+        found = self.decisions.get(submission_key(record_id, digest, received_at_ms, copy_id))
+        if found is None and copy_id:
+            found = self.decisions.get(triple)
+        if found is None and not copy_id:
+            prefix = triple + ":"
+            found = next((d for key, d in self.decisions.items() if key.startswith(prefix)), None)
+        return found
+
+
+def submission_key(record_id: str, digest: str, received_at_ms: int, copy_id: str) -> str:
+    """The key of one submission's decision in :attr:`SessionState.decisions`:
+    ``"<record id>:<body hash>:<received_at_ms>"``, plus ``":<copy id>"`` when there is one."""
+    key = f"{record_id}:{digest}:{received_at_ms}"
+    return f"{key}:{copy_id}" if copy_id else key
+
+
+def _copy_id_of(key: str) -> str:
+    parts = key.split(":", 3)  # a record id, a hash and a time hold no ":"; a copy id may
+    return parts[3] if len(parts) == 4 else ""
+
 
 def decide(state: SessionState, key: DedupKey, record_id: str, received_at_ms: int, *,
-           now_us: int) -> Decision:
+           now_us: int, copy_id: str = "") -> Decision:
     """Decide on one submission and update ``state`` in place.
 
     :param state: the session's state as stored (empty for a new session).
@@ -220,6 +259,13 @@ def decide(state: SessionState, key: DedupKey, record_id: str, received_at_ms: i
     :param now_us: the caller's clock in microseconds; the decision's version
         is ``max(now_us, state.version + 1)``, so versions grow even across
         expiry of the session's state.
+    :param copy_id: which copy this is, unique per copy and the same when
+        the copy is decided again (the processor passes ``record.source``,
+        ``<spool file>:<offset>``).  Two copies received in the same
+        millisecond are then two submissions: the second is a
+        ``duplicate``.  Empty: the submission is ``(record id, body hash,
+        received_at_ms)`` alone, so such copies are one (the rule before
+        copy ids existed).
     :return: the decision.  When ``decision.replayed`` is true, or the
         outcome is ``not_applicable``, ``state`` was not changed and need not
         be written back.
@@ -228,10 +274,11 @@ def decide(state: SessionState, key: DedupKey, record_id: str, received_at_ms: i
     """
     session, record_id, digest = check_key(key, record_id, received_at_ms)
     del session  # validated; the caller already loaded the session's state by it
+    if not isinstance(copy_id, str):
+        raise DedupKeyError(f"copy id {_show(copy_id)} is not a string")
     if key.kind not in DEDUPLICATED_KINDS:
         return Decision(NOT_APPLICABLE, record_id, body_hash=digest, received_at_ms=received_at_ms)
-    copy_id = f"{record_id}:{digest}:{received_at_ms}"
-    earlier = state.decisions.get(copy_id)
+    earlier = state.earlier_decision(record_id, digest, received_at_ms, copy_id)
     if earlier is not None:
         return replace(earlier, replayed=True)
 
@@ -267,7 +314,7 @@ def decide(state: SessionState, key: DedupKey, record_id: str, received_at_ms: i
         outcome = STALE
     decision = Decision(outcome, record_id, tuple(supersedes), body_hash=digest, received_at_ms=received_at_ms,
                         version=state.version, changes=tuple(changes))
-    state.decisions[copy_id] = decision
+    state.decisions[submission_key(record_id, digest, received_at_ms, copy_id)] = decision
     return decision
 
 

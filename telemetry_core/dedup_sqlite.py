@@ -85,8 +85,9 @@ class SqliteDedupBackend:
 
     # ------------------------------------------------------------------ decisions
 
-    def decide(self, key: DedupKey, record_id: str, received_at_ms: int) -> Decision:
-        """Decide on one submission in one transaction (see :func:`telemetry_core.dedup_rules.decide`)."""
+    def decide(self, key: DedupKey, record_id: str, received_at_ms: int, *, copy_id: str = "") -> Decision:
+        """Decide on one submission in one transaction (see :func:`telemetry_core.dedup_rules.decide`,
+        which also says what ``copy_id`` is)."""
         session, _, _ = rules.check_key(key, record_id, received_at_ms)
         if key.kind not in rules.DEDUPLICATED_KINDS:
             return rules.decide(SessionState(), key, record_id, received_at_ms, now_us=0)
@@ -97,7 +98,8 @@ class SqliteDedupBackend:
                     row = self._db.execute("SELECT state FROM sessions WHERE session = ?", (session,)).fetchone()
                     state = SessionState.from_bytes(row[0]) if row else SessionState()
                     now = self.clock()
-                    decision = rules.decide(state, key, record_id, received_at_ms, now_us=int(now * 1e6))
+                    decision = rules.decide(state, key, record_id, received_at_ms, now_us=int(now * 1e6),
+                                            copy_id=copy_id)
                     if not decision.replayed:
                         self._db.execute(
                             "INSERT INTO sessions (session, touched_ms, state) VALUES (?, ?, ?) "

@@ -166,7 +166,13 @@ class DedupBackend(Protocol):
     """Decides, atomically, what happens to a record under the dedup rules.
 
     ``decide`` returns the :class:`~telemetry_core.records.Decision` (the
-    same one again when the same submission is decided twice); ``sync``
+    same one again when the same submission is decided twice).  A
+    submission is ``(record id, body hash, received_at_ms, copy_id)``:
+    ``copy_id`` (the copy's spool location) tells apart byte-identical
+    copies received in the same millisecond, so only a retry of the same
+    copy replays and another copy is a ``duplicate``.  A backend passes it
+    to :func:`telemetry_core.dedup_rules.decide`; one whose ``decide`` does
+    not accept ``copy_id=`` still works, without that distinction.  ``sync``
     makes every decision returned so far durable (the processor calls it
     before it commits a spool file's outputs); ``expire`` drops the state of
     sessions idle for longer than ``dedup.expire_days`` and returns how many
@@ -175,7 +181,7 @@ class DedupBackend(Protocol):
     :mod:`telemetry_core.dedup_redis`; see docs/dedup.md.
     """
 
-    def decide(self, key: DedupKey, record_id: str, received_at_ms: int) -> Decision: ...
+    def decide(self, key: DedupKey, record_id: str, received_at_ms: int, *, copy_id: str = "") -> Decision: ...
 
     def sync(self) -> None: ...
 

@@ -58,6 +58,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "telemetry_core.dedup_sqlite",
     "telemetry_core.dedup_redis",
     "telemetry_core.dedup_ledger",
+    "telemetry_core.dedup_check",
     "telemetry_core.codec_lzma",
     "telemetry_core.mapreduce_inputs",
     "telemetry_core.mapreduce_histograms",

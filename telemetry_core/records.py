@@ -111,8 +111,8 @@ class Decision:
     the backend's per-session version of the decision; ``changes``, every
     stored record whose state this decision changed, as ``(record id, body
     hash, "superseded" | "live")``; ``replayed`` is true when the same
-    submission (same id, body hash and receive time) was decided before and
-    this is that earlier decision, returned unchanged.
+    submission (same id, body hash, receive time and copy id) was decided
+    before and this is that earlier decision, returned unchanged.
     """
 
     outcome: str

@@ -235,6 +235,46 @@ def test_dedup_deduplicator_records_counts_and_raises_for_duplicates(dedup_engin
     assert (engine.config.data_dir / "state" / "dedup.sqlite").exists()
 
 
+def test_dedup_deduplicator_tells_same_millisecond_copies_apart_by_spool_location(dedup_engine):
+    engine, _ = dedup_engine
+    dedup = Deduplicator.from_engine(engine)
+    first, second = (Sub(uuid(1), "idle-daily", b'{"d":1}', T0).record() for _ in range(2))
+    first.source, second.source = "n1.1.100.1.log:0", "n1.2.100.1.log:0"  # two edge workers' spool files
+    assert dedup.decide(record=first).outcome == "kept"
+    with pytest.raises(DuplicateRecord):
+        dedup.decide(record=second)
+    assert dedup.decide(record=first).replayed  # a retry of the first file
+    dedup.close()
+
+
+class LegacyBackend:
+    """A third-party backend written before ``copy_id`` existed."""
+
+    name = "legacy"
+
+    def __init__(self) -> None:
+        self.states: dict[str, SessionState] = {}
+
+    def decide(self, key, record_id, received_at_ms):
+        state = self.states.setdefault(key.session, SessionState())
+        return dedup_rules.decide(state, key, record_id, received_at_ms, now_us=len(self.states) + 1)
+
+    def close(self) -> None:
+        pass
+
+
+def test_dedup_deduplicator_keeps_working_with_a_backend_without_copy_id(dedup_engine, caplog):
+    engine, _ = dedup_engine
+    dedup = Deduplicator(engine, LegacyBackend(), None)
+    assert "does not accept copy_id" in caplog.text
+    record = Sub(uuid(1), "idle-daily", b'{"d":1}', T0).record()
+    record.source = "n1.1.100.1.log:0"
+    assert dedup.decide(record=record).outcome == "kept"
+    with pytest.raises(DuplicateRecord):
+        dedup.decide(record=Sub(uuid(1), "idle-daily", b'{"d":1}', T0 + 1).record())
+    dedup.close()
+
+
 def test_dedup_backend_is_chosen_by_config(dedup_engine, make_engine, pm):
     engine, _ = dedup_engine
     assert engine.dedup_backend().name == "sqlite"
@@ -323,3 +363,29 @@ def test_dedup_reduce_filter_streams_the_ledger_from_s3(make_engine, pm, s3_endp
     superseded = {key for key, value in final.items() if value}
     assert {key for key in final if not keep(key[0], (), body_hash=key[1])} == superseded
     assert os.environ["AWS_ACCESS_KEY_ID"] == "test"
+
+
+def test_dedup_ledger_file_published_while_a_reader_lists_is_still_read(tmp_path):
+    """The processor finishes, publishes and deletes a node's ledger file at any moment; a reader
+    that lists the archive before the node's own directory could miss it in both. Local files are
+    listed first (open ones, then finished ones), the archive last, so it is read in one of them."""
+    data_dir, archive = tmp_path / "node", tmp_path / "archive"
+    old, new = Sub(uuid(1), "idle-daily", b'{"d":1}', T0), Sub(uuid(1), "idle-daily", b'{"d":2}', T0 + 1)
+    state = SessionState()
+    published = LedgerWriter(archive / "_ledger", "n0")  # another node's file
+    published.write(decide(state, new.key(), new.id, new.received_at_ms, now_us=2, copy_id="a:0"))
+    published.close()
+    local = LedgerWriter(data_dir / dedup_ledger.LEDGER_DIR, "n1")
+    local.write(decide(state, old.key(), old.id, old.received_at_ms, now_us=3, copy_id="b:0"))  # stale: S old
+    finished = local.close()
+    ledger = DedupLedger()
+    for index, (name, opener) in enumerate(dedup_ledger.ledger_sources(str(archive), data_dir=data_dir)):
+        if index == 0:  # between this reader's listings the processor publishes the local file
+            os.rename(finished, archive / "_ledger" / finished.name)
+        try:
+            stream = opener()
+        except FileNotFoundError:
+            continue
+        with stream:
+            ledger.add(stream, name=name)
+    assert ledger.is_superseded(uuid(1), old.hash)

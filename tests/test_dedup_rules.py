@@ -3,6 +3,7 @@ docs/dedup.md, replays, order independence, malformed input, the key hook."""
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import random
 
@@ -187,8 +188,41 @@ def test_dedup_state_round_trips_and_refuses_garbage():
     assert copy == session.state
     with pytest.raises(rules.DedupStateError, match="unreadable"):
         SessionState.from_bytes(b"{not json")
-    with pytest.raises(rules.DedupStateError, match="format 2"):
-        SessionState.from_bytes(b'{"format": 2}')
+    with pytest.raises(rules.DedupStateError, match="format 3"):
+        SessionState.from_bytes(b'{"format": 3}')
+
+
+def test_copies_in_the_same_millisecond_are_two_submissions():
+    """Issue #16: two edge workers spool byte-identical copies with one receive time. Only a retry
+    of the same copy (same copy id) replays; the other copy is a duplicate, whichever comes first."""
+    state = SessionState()
+    item = sub("idle-daily", "d1", T0)
+    first = decide(state, item.key(), item.id, T0, now_us=1, copy_id="n1.1.100.1.log:0")
+    assert (first.outcome, first.replayed) == ("kept", False)
+    retry = decide(state, item.key(), item.id, T0, now_us=2, copy_id="n1.1.100.1.log:0")
+    assert (retry.outcome, retry.replayed, retry.version) == ("kept", True, first.version)
+    other = decide(state, item.key(), item.id, T0, now_us=3, copy_id="n1.2.100.1.log:0")
+    assert (other.outcome, other.replayed) == ("duplicate", False)
+    assert decide(state, item.key(), item.id, T0, now_us=4, copy_id="n1.2.100.1.log:0") == \
+        dataclasses.replace(other, replayed=True)
+    # a caller without copy ids keeps the old identity: any copy with this receive time is this one
+    assert decide(state, item.key(), item.id, T0, now_us=5).replayed
+    assert SessionState.from_bytes(state.to_bytes()) == state
+
+
+def test_format_1_states_load_and_their_decisions_still_replay():
+    """State written before copy ids: its decisions are keyed without one, and a retried spool file
+    (which now passes its copy id) gets them back instead of duplicates of its own records."""
+    item = sub("idle-daily", "d1", T0)
+    old = (b'{"format":1,"v":7,"c":[["%s","%s","idle-daily",%d,0]],'
+           b'"d":[["%s","%s",%d,"kept",7,[],[]]]}') % (SID.encode(), item.hash.encode(), T0, SID.encode(),
+                                                        item.hash.encode(), T0)
+    state = SessionState.from_bytes(old)
+    again = decide(state, item.key(), item.id, T0, now_us=8, copy_id="n1.1.100.1.log:0")
+    assert (again.outcome, again.replayed, again.version) == ("kept", True, 7)
+    later = decide(state, item.key(), item.id, T0 + 1, now_us=9, copy_id="n1.2.100.1.log:0")
+    assert later.outcome == "duplicate"
+    assert SessionState.from_bytes(state.to_bytes()) == state
 
 
 def test_dedup_key_default_uses_id_reason_and_body_hash():
