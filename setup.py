@@ -58,7 +58,7 @@ setup(
     # The compiled fast path of histogram conversion.  Optional: without a C
     # compiler the package installs and converts the same records in pure
     # Python, about 3x slower (`telemetry doctor` says which one is in use).
-    ext_modules=[Extension("telemetry_core._convert_speedups", ["telemetry_core/_convert_speedups.c"],
+    ext_modules=[Extension("telemetry_core.convert._speedups", ["telemetry_core/convert/_speedups.c"],
                            optional=True, extra_compile_args=["-O2"])],
     entry_points={"console_scripts": ["telemetry = telemetry_core.cli:main"]},
     classifiers=[

@@ -25,7 +25,7 @@ each is reported (noise from other processes only ever adds time):
   payload: a conversion that cost nothing (v2 arrays hold a number for every
   bucket, so they take longer to serialize than the sparse v1 objects);
 * ``convert`` -- ``orjson.loads``, :func:`convert_payload`, ``orjson.dumps``: the pipeline;
-* ``python``  -- the pipeline without the compiled fast path (``_convert_speedups``),
+* ``python``  -- the pipeline without the compiled fast path (``telemetry_core.convert._speedups``),
   as on a machine where the C extension could not be built;
 * ``stdlib``  -- the same conversion with ``json.loads``/``json.dumps``.
 
@@ -54,11 +54,11 @@ import orjson
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from telemetry_core.buckets import DefinitionError  # noqa: E402
-from telemetry_core import conversion  # noqa: E402
-from telemetry_core.conversion import convert_payload  # noqa: E402
-from telemetry_core.histogram_spec import HistogramSpec  # noqa: E402
-from telemetry_core.spool import SpoolReader  # noqa: E402
+from telemetry_core.convert.buckets import DefinitionError  # noqa: E402
+from telemetry_core.convert import conversion  # noqa: E402
+from telemetry_core.convert.conversion import convert_payload  # noqa: E402
+from telemetry_core.convert.spec import HistogramSpec  # noqa: E402
+from telemetry_core.store.spool.files import SpoolReader  # noqa: E402
 
 FIXTURES = REPO / "tests" / "fixtures"
 FIXTURE_PING = FIXTURES / "payload_v1_packed_log__telemetry1.log"

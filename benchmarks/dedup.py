@@ -8,7 +8,7 @@ A stream of submissions is generated as Firefox sends them: sessions of 1-4
 daily idle-dailies, 60 % of them ending in a saved-session, and 30 % of the
 submissions sent again (exact copies). The stream is shuffled, the way
 spool files arrive. Every run decides the same stream with the same rules
-(``telemetry_core.dedup_rules.decide``), with the state kept in:
+(``telemetry_core.dedup.rules.decide``), with the state kept in:
 
 * ``dict``: a Python dict of ``SessionState`` objects. This is the
   baseline: the rules alone, with no serialization, no I/O and no
@@ -49,10 +49,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from telemetry_core.dedup_ledger import LedgerWriter  # noqa: E402
-from telemetry_core.dedup_redis import RedisDedupBackend  # noqa: E402
-from telemetry_core.dedup_rules import SessionState, body_hash, decide  # noqa: E402
-from telemetry_core.dedup_sqlite import SqliteDedupBackend  # noqa: E402
+from telemetry_core.dedup.ledger import LedgerWriter  # noqa: E402
+from telemetry_core.dedup.redis_backend import RedisDedupBackend  # noqa: E402
+from telemetry_core.dedup.rules import SessionState, body_hash, decide  # noqa: E402
+from telemetry_core.dedup.sqlite_backend import SqliteDedupBackend  # noqa: E402
 from telemetry_core.records import DedupKey  # noqa: E402
 
 DAY_MS = 86_400_000

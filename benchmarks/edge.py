@@ -5,7 +5,7 @@ Run from the repository root::
     .venv/bin/python benchmarks/edge.py [--duration 8] [--connections 32] [--body-bytes 27000] [--gzip]
 
 Both servers run in this run, as subprocesses on loopback, and get the same
-load from the same client (:mod:`telemetry_core.edge_bench`: keep-alive
+load from the same client (:mod:`telemetry_core.receive.bench`: keep-alive
 connections, a fresh submission id and varied dimensions per request,
 bodies made from the fixture ping, a real Firefox 23 submission, trimmed
 to about ``--body-bytes`` of JSON):
@@ -48,7 +48,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from telemetry_core.edge_bench import LoadResult, generate_load, ping_bodies, read_ping  # noqa: E402
+from telemetry_core.receive.bench import LoadResult, generate_load, ping_bodies, read_ping  # noqa: E402
 
 FIXTURE = REPO / "tests" / "fixtures" / "payload_v1_packed_log__telemetry1.log"
 TELEMETRY = str(Path(sys.executable).parent / "telemetry")

@@ -39,11 +39,11 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from telemetry_core.codecs import XzCodec  # noqa: E402
+from telemetry_core.compress.codecs_builtin import XzCodec  # noqa: E402
 from telemetry_core.engine import Engine  # noqa: E402
-from telemetry_core.mapreduce_runner import run_job  # noqa: E402
-from telemetry_core.processor import Processor  # noqa: E402
-from telemetry_core.spool import SpoolWriter  # noqa: E402
+from telemetry_core.reduce.runner import run_job  # noqa: E402
+from telemetry_core.store.process.processor import Processor  # noqa: E402
+from telemetry_core.store.spool.files import SpoolWriter  # noqa: E402
 
 from process import realistic_bodies  # noqa: E402
 from process_helpers import processor_engine, uuid  # noqa: E402

@@ -8,7 +8,7 @@ Run from the repository root::
    submissions (the telemetry1.log fixture ping and payloads generated
    across the three fixture revisions by ``benchmarks/convert.py``, gzip as
    Firefox sends them, with distinct ids) is processed by
-   :class:`telemetry_core.processor.Processor`
+   :class:`telemetry_core.store.process.processor.Processor`
    (inflate, decode, convert with the seeded AURORA_23 spec, serialize,
    write, compress with the configured codec, publish to the local
    archive, manifest). The limit, timed in the same run on the same
@@ -43,9 +43,9 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from telemetry_core.codecs import GzipCodec, XzCodec, ZstdCodec  # noqa: E402
-from telemetry_core.processor import Processor  # noqa: E402
-from telemetry_core.spool import SpoolWriter  # noqa: E402
+from telemetry_core.compress.codecs_builtin import GzipCodec, XzCodec, ZstdCodec  # noqa: E402
+from telemetry_core.store.process.processor import Processor  # noqa: E402
+from telemetry_core.store.spool.files import SpoolWriter  # noqa: E402
 
 from convert import build_inputs  # noqa: E402
 from process_helpers import DIMS_PATH, processor_engine, uuid  # noqa: E402

@@ -30,8 +30,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from telemetry_core.edge_bench import ping_bodies, read_ping  # noqa: E402
-from telemetry_core.spool import FsyncPolicy, SpoolWriter  # noqa: E402
+from telemetry_core.receive.bench import ping_bodies, read_ping  # noqa: E402
+from telemetry_core.store.spool.files import FsyncPolicy, SpoolWriter  # noqa: E402
 
 FIXTURE = REPO / "tests" / "fixtures" / "payload_v1_packed_log__telemetry1.log"
 DIMENSIONS = "saved-session/Firefox/23.0.1/release/20130814063812"

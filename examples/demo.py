@@ -44,7 +44,7 @@ CHANNELS = [("release", "23.0.1", "20130814063812"), ("beta", "24.0", "201309101
 
 def fixture_payload() -> dict:
     sys.path.insert(0, str(REPO))
-    from telemetry_core.spool import SpoolReader
+    from telemetry_core.store.spool.files import SpoolReader
 
     (record,) = SpoolReader(FIXTURE)
     return json.loads(gzip.decompress(record.body))

@@ -23,10 +23,10 @@ import yaml
 
 from . import __version__
 from .catalog import hook_descriptions
-from .config import REDACTED
+from .config.loader import REDACTED
 from .engine import Engine
 from .errors import ConfigError, PluginLoadError, TelemetryError
-from .metrics import add_families, read_snapshots, render_families, write_snapshot
+from .metrics.stats import add_families, read_snapshots, render_families, write_snapshot
 from .plugins import load_plugins, make_plugin_manager
 from .schema import Schema
 

@@ -20,13 +20,13 @@ from typing import Any, Iterable
 import pluggy
 from greplin import scales
 
-from .config import Config, RawConfig, read_config, validate
+from .config.loader import Config, RawConfig, read_config, validate
 from .errors import ConfigError, RecordError
 from .interfaces import (Codec, DedupBackend, Executor, HistogramSpec, InputSource, JobContext, JobSpec,
                          Publisher, PublishedFile, RecordFilter, Route, Service, SpoolWriter, StoreBatch)
-from .logging_setup import configure_logging, set_node_id
+from .config.logging_setup import configure_logging, set_node_id
 from .node import resolve_node_id
-from .options import Section
+from .config.options import Section
 from .plugins import DEFAULT_PLUGINS, PluginInfo, load_plugins, make_plugin_manager
 from .records import Decision, DedupKey, Record, Rejection, Submission, SubmissionPath
 from .schema import Schema

@@ -34,13 +34,13 @@ import pluggy
 if TYPE_CHECKING:  # pragma: no cover - imports for annotations only
     import click
 
-    from .config import Config
+    from .config.loader import Config
     from .engine import Engine
     from .errors import RecordError
     from .interfaces import (Codec, DedupBackend, Executor, HistogramSpec, InputSource, JobContext,
                              JobSpec, Publisher, PublishedFile, RecordFilter, Route, Service,
                              SpoolWriter, StoreBatch)
-    from .options import Section
+    from .config.options import Section
     from .records import Decision, DedupKey, Record, Rejection, Submission, SubmissionPath
     from .schema import Schema
 
@@ -59,7 +59,7 @@ def telemetry_config_schema() -> dict[str, Section] | None:
     """Declare the options of this plugin's own config sections.
 
     :return: a mapping from section name (conventionally the plugin's name)
-        to a :class:`~telemetry_core.options.Section`; the YAML section
+        to a :class:`~telemetry_core.config.options.Section`; the YAML section
         ``plugins.<name>`` is then validated against it, defaults filled in,
         and readable with ``config.plugin_section(name)``.
 
@@ -71,7 +71,7 @@ def telemetry_config_schema() -> dict[str, Section] | None:
 def telemetry_configure(config: Config) -> None:
     """Read configuration, once, after it was validated and before anything runs.
 
-    :param config: the validated :class:`~telemetry_core.config.Config`.
+    :param config: the validated :class:`~telemetry_core.config.loader.Config`.
 
     All implementations are called; results are ignored.  Raise
     :class:`~telemetry_core.errors.ConfigError` to refuse a configuration.

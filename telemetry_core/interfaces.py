@@ -53,7 +53,7 @@ class SpoolWriter(Protocol):
     written; ``poll`` rotates a file that is too old (the edge calls it
     about once a second) and returns the path of a file it finished, if
     any; ``close`` finishes the current file.  The built-in is
-    :class:`telemetry_core.spool.SpoolWriter`.
+    :class:`telemetry_core.store.spool.files.SpoolWriter`.
     """
 
     def append(self, path: str, body: bytes, *, client_addr: str | None = None,
@@ -171,14 +171,14 @@ class DedupBackend(Protocol):
     ``copy_id`` (the copy's spool location) tells apart byte-identical
     copies received in the same millisecond, so only a retry of the same
     copy replays and another copy is a ``duplicate``.  A backend passes it
-    to :func:`telemetry_core.dedup_rules.decide`; one whose ``decide`` does
+    to :func:`telemetry_core.dedup.rules.decide`; one whose ``decide`` does
     not accept ``copy_id=`` still works, without that distinction.  ``sync``
     makes every decision returned so far durable (the processor calls it
     before it commits a spool file's outputs); ``expire`` drops the state of
     sessions idle for longer than ``dedup.expire_days`` and returns how many
     (0 for backends that expire natively); ``close`` releases connections.
-    The built-ins are in :mod:`telemetry_core.dedup_sqlite` and
-    :mod:`telemetry_core.dedup_redis`; see docs/dedup.md.
+    The built-ins are in :mod:`telemetry_core.dedup.sqlite_backend` and
+    :mod:`telemetry_core.dedup.redis_backend`; see docs/dedup.md.
     """
 
     def decide(self, key: DedupKey, record_id: str, received_at_ms: int, *, copy_id: str = "") -> Decision: ...

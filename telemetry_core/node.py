@@ -9,7 +9,7 @@ import secrets
 import socket
 from pathlib import Path
 
-from .config_schema import NODE_ID_PATTERN
+from .config.keys import NODE_ID_PATTERN
 from .errors import ConfigError
 
 NODE_ID_FILE = "node_id"

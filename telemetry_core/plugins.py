@@ -33,39 +33,39 @@ import pluggy
 
 from . import __version__, hookspecs
 from .errors import PluginLoadError
-from .metrics import HookCallMonitor, counter_stats, time_plugin_hooks
+from .metrics.stats import HookCallMonitor, counter_stats, time_plugin_hooks
 
 log = logging.getLogger(__name__)
 
 #: Built-in plugins, registered under these module names.
 DEFAULT_PLUGINS: tuple[str, ...] = (
-    "telemetry_core.codecs",
-    "telemetry_core.graphite",
-    "telemetry_core.convert_stage",
-    "telemetry_core.store_files",
-    "telemetry_core.publish_local",
-    "telemetry_core.publish_s3",
-    "telemetry_core.s3_policy",
-    "telemetry_core.retention",
-    "telemetry_core.process_plugin",
-    "telemetry_core.replay",
-    "telemetry_core.receive_paths",
-    "telemetry_core.receive_bodies",
-    "telemetry_core.receive_client_addr",
-    "telemetry_core.spool_store",
-    "telemetry_core.edge",
-    "telemetry_core.dedup_rules",
-    "telemetry_core.dedup_sqlite",
-    "telemetry_core.dedup_redis",
-    "telemetry_core.dedup_ledger",
-    "telemetry_core.dedup_check",
-    "telemetry_core.codec_lzma",
-    "telemetry_core.mapreduce_inputs",
-    "telemetry_core.mapreduce_histograms",
-    "telemetry_core.mapreduce_local",
-    "telemetry_core.mapreduce_spark",
-    "telemetry_core.mapreduce_command",
-    "telemetry_core.doctor",
+    "telemetry_core.compress.codecs_builtin",
+    "telemetry_core.metrics.graphite",
+    "telemetry_core.convert.stage",
+    "telemetry_core.store.layout",
+    "telemetry_core.store.local",
+    "telemetry_core.store.s3.publisher",
+    "telemetry_core.store.s3.policy",
+    "telemetry_core.ops.retention",
+    "telemetry_core.store.process.commands",
+    "telemetry_core.store.process.replay",
+    "telemetry_core.receive.paths",
+    "telemetry_core.receive.bodies",
+    "telemetry_core.receive.client_addr",
+    "telemetry_core.store.spool.writer_plugin",
+    "telemetry_core.receive.service",
+    "telemetry_core.dedup.rules",
+    "telemetry_core.dedup.sqlite_backend",
+    "telemetry_core.dedup.redis_backend",
+    "telemetry_core.dedup.ledger",
+    "telemetry_core.dedup.check",
+    "telemetry_core.compress.lzma_alone",
+    "telemetry_core.reduce.inputs",
+    "telemetry_core.reduce.histograms",
+    "telemetry_core.reduce.local",
+    "telemetry_core.reduce.spark",
+    "telemetry_core.reduce.command",
+    "telemetry_core.ops.doctor",
 )
 
 BUILTIN_DISTRIBUTION = "telemetry-core"

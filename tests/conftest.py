@@ -12,7 +12,7 @@ from typing import Any, Callable, Iterator
 import pytest
 from greplin import scales
 
-from telemetry_core.config import read_config
+from telemetry_core.config.loader import read_config
 from telemetry_core.engine import Engine
 from telemetry_core.plugins import make_plugin_manager
 

@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from telemetry_core.dedup_rules import body_hash
+from telemetry_core.dedup.rules import body_hash
 from telemetry_core.records import DedupKey, Record
 
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
@@ -159,8 +159,8 @@ class RedisServer:
 
 def open_backend(spec: tuple, **options):
     """A backend from a picklable spec: ``("sqlite", path)`` or ``("redis", url, prefix)``."""
-    from telemetry_core.dedup_redis import RedisDedupBackend
-    from telemetry_core.dedup_sqlite import SqliteDedupBackend
+    from telemetry_core.dedup.redis_backend import RedisDedupBackend
+    from telemetry_core.dedup.sqlite_backend import SqliteDedupBackend
 
     if spec[0] == "sqlite":
         return SqliteDedupBackend(spec[1], **options)
@@ -170,7 +170,7 @@ def open_backend(spec: tuple, **options):
 def decide_in_process(spec: tuple, subs: list[Sub], ledger_dir: str, node: str, barrier) -> None:
     """A child process: decide ``subs`` in order on the backend of ``spec``,
     each decision appended to this process's ledger file (run with spawn)."""
-    from telemetry_core.dedup_ledger import LedgerWriter
+    from telemetry_core.dedup.ledger import LedgerWriter
 
     backend = open_backend(spec)
     writer = LedgerWriter(ledger_dir, node)

@@ -1,6 +1,6 @@
 """Helpers for the edge tests: a worker serving in a thread, real subprocess nodes, HTTP helpers.
 
-* :class:`ThreadedEdge` runs one :class:`~telemetry_core.edge_worker.EdgeWorker`
+* :class:`ThreadedEdge` runs one :class:`~telemetry_core.receive.worker.EdgeWorker`
   (real engine with the built-in plugins, real spool writer, real aiohttp
   server) on a free loopback port in a thread of the test process;
 * :class:`EdgeNode` runs ``telemetry serve`` (supervisor + worker
@@ -27,9 +27,9 @@ import uuid
 from pathlib import Path
 from typing import Any, Iterable
 
-from telemetry_core.edge_worker import EdgeWorker, open_listener
+from telemetry_core.receive.worker import EdgeWorker, open_listener
 from telemetry_core.engine import Engine
-from telemetry_core.spool import SpoolReader
+from telemetry_core.store.spool.files import SpoolReader
 
 REPO = Path(__file__).resolve().parent.parent
 FIXTURE_LOG = REPO / "tests" / "fixtures" / "payload_v1_packed_log__telemetry1.log"

@@ -23,10 +23,10 @@ from typing import Any
 
 from process_helpers import processor_engine, uuid
 from telemetry_core.engine import Engine
-from telemetry_core.histogram_spec import HistogramSpec
-from telemetry_core.processor import Processor
-from telemetry_core.revisions import DEFAULT_SEED_DIR
-from telemetry_core.spool import SpoolWriter
+from telemetry_core.convert.spec import HistogramSpec
+from telemetry_core.store.process.processor import Processor
+from telemetry_core.convert.revisions import DEFAULT_SEED_DIR
+from telemetry_core.store.spool.files import SpoolWriter
 
 REPO = Path(__file__).resolve().parent.parent
 JOBS = REPO / "examples" / "jobs"

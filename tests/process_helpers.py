@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from telemetry_core.config import read_config
+from telemetry_core.config.loader import read_config
 from telemetry_core.engine import Engine
 from telemetry_core.plugins import load_plugins, make_plugin_manager
-from telemetry_core.spool import SpoolReader, SpoolWriter
+from telemetry_core.store.spool.files import SpoolReader, SpoolWriter
 
 FIXTURES = Path(__file__).parent / "fixtures"
 FIXTURE_PING = next(iter(SpoolReader(FIXTURES / "payload_v1_packed_log__telemetry1.log")))

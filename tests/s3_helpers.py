@@ -356,7 +356,7 @@ def fault_proxy(moto_endpoint: str) -> Iterator[FaultProxy]:
 
 def make_publisher(endpoint: str, bucket: str, **overrides: Any) -> Any:
     """An :class:`S3Publisher` tuned for tests: tiny parts, short timeouts, fast back-off."""
-    from telemetry_core.publish_s3 import S3Publisher, S3Settings
+    from telemetry_core.store.s3.publisher import S3Publisher, S3Settings
 
     values: dict[str, Any] = {"bucket": bucket, "endpoint_url": endpoint, "part_size": 4096, "retries": 2,
                               "connect_timeout": 1.0, "read_timeout": 5.0, "backoff": 0.01, "max_backoff": 0.05}

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from telemetry_core.buckets import (
+from telemetry_core.convert.buckets import (
     MAX_BUCKET_COUNT,
     BucketLayout,
     BucketRangesError,
@@ -22,7 +22,7 @@ from telemetry_core.buckets import (
     parse_definition,
 )
 from telemetry_core.errors import TelemetryError
-from telemetry_core.histogram_spec import HistogramSpec
+from telemetry_core.convert.spec import HistogramSpec
 
 FIXTURES = Path(__file__).parent / "fixtures"
 REVISIONS = {

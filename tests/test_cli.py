@@ -90,10 +90,10 @@ def test_hooks_lists_every_spec_with_its_summary():
 def test_plugins_lists_the_builtins(config):
     result = run_cli(["plugins", "--config", str(config)])
     assert result.returncode == 0, result.stderr
-    assert "telemetry_core.codecs  [builtin, telemetry-core 0.1.0]  loaded" in result.stdout
+    assert "telemetry_core.compress.codecs_builtin  [builtin, telemetry-core 0.1.0]  loaded" in result.stdout
     assert "    telemetry_compress_codec" in result.stdout
     rows = json.loads(run_cli(["plugins", "--config", str(config), "--json"]).stdout)
-    assert {"telemetry_core.codecs", "telemetry_core.graphite"} <= {row["name"] for row in rows}
+    assert {"telemetry_core.compress.codecs_builtin", "telemetry_core.metrics.graphite"} <= {row["name"] for row in rows}
 
 
 def test_config_check_ok_and_failing(config, tmp_path):

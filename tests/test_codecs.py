@@ -16,7 +16,7 @@ SAMPLE = b"line 1\nline 2\nline 3\nanother \tline\nline 5\n"
 
 @pytest.fixture
 def engine(pm, make_engine):
-    import telemetry_core.codecs as codecs
+    import telemetry_core.compress.codecs_builtin as codecs
 
     pm.register(codecs)
     return make_engine()

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from telemetry_core.config import MAX_CONFIG_BYTES, REDACTED, load_config, parse_override, read_config, validate
-from telemetry_core.config_schema import CORE_SCHEMA
+from telemetry_core.config.loader import MAX_CONFIG_BYTES, REDACTED, load_config, parse_override, read_config, validate
+from telemetry_core.config.keys import CORE_SCHEMA
 from telemetry_core.errors import ConfigError
-from telemetry_core.options import Option, Section, walk_options
+from telemetry_core.config.options import Option, Section, walk_options
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -14,16 +14,16 @@ from typing import Any
 import orjson
 import pytest
 
-from telemetry_core.buckets import MAX_BUCKET_COUNT, UnresolvedConstantError, bucket_bounds
-from telemetry_core.conversion import (
+from telemetry_core.convert.buckets import MAX_BUCKET_COUNT, UnresolvedConstantError, bucket_bounds
+from telemetry_core.convert.conversion import (
     UNKNOWN_HISTOGRAM,
     WARNINGS,
     convert_addon_histograms,
     convert_payload,
 )
 from telemetry_core.errors import RECORD_ERROR_CATEGORIES, RecordError
-from telemetry_core.histogram_spec import HistogramSpec, addon_histogram_index, record_bounds
-from telemetry_core.spool import SpoolReader
+from telemetry_core.convert.spec import HistogramSpec, addon_histogram_index, record_bounds
+from telemetry_core.store.spool.files import SpoolReader
 
 FIXTURES = Path(__file__).parent / "fixtures"
 AURORA_23 = FIXTURES / "histograms_json__FIREFOX_AURORA_23_BASE__as_a55c55edf302.json"
@@ -34,7 +34,7 @@ FIXTURE_REVISION = "http://hg.mozilla.org/releases/mozilla-release/rev/a55c55edf
 def implementation(request, monkeypatch) -> str:
     """Every test here runs with the compiled fast path and with pure Python."""
     if request.param == "python":
-        monkeypatch.setattr("telemetry_core.conversion._compiled_histograms", None)
+        monkeypatch.setattr("telemetry_core.convert.conversion._compiled_histograms", None)
     return request.param
 
 

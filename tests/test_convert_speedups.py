@@ -1,4 +1,4 @@
-"""The compiled fast path (``telemetry_core._convert_speedups``) against the
+"""The compiled fast path (``telemetry_core.convert._speedups``) against the
 pure-Python converter: the same arrays, warnings and errors for real pings,
 every malformed shape and thousands of random hostile histograms; exact
 reference counts; no crash on objects a Python caller could pass."""
@@ -19,11 +19,11 @@ from typing import Any, Callable
 import orjson
 import pytest
 
-from telemetry_core import conversion
-from telemetry_core.conversion import convert_payload
+from telemetry_core.convert import conversion
+from telemetry_core.convert.conversion import convert_payload
 from telemetry_core.errors import RecordError
-from telemetry_core.histogram_spec import HistogramSpec
-from telemetry_core.spool import SpoolReader
+from telemetry_core.convert.spec import HistogramSpec
+from telemetry_core.store.spool.files import SpoolReader
 from test_conversion import EXP_3000, LIN_100, exponential_entry, linear_entry, ping, spec_of
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -31,7 +31,7 @@ compiled_histograms = conversion._compiled_histograms
 
 
 def test_the_compiled_module_is_built_and_in_use() -> None:
-    assert conversion.COMPILED, ("telemetry_core._convert_speedups was not built: install a C compiler and "
+    assert conversion.COMPILED, ("telemetry_core.convert._speedups was not built: install a C compiler and "
                                  "the Python headers, then reinstall the package")
 
 

@@ -12,10 +12,10 @@ import pytest
 
 from telemetry_core.engine import Engine
 from telemetry_core.errors import RecordError
-from telemetry_core.metrics import snapshot
-from telemetry_core.record_decoder import convert, serialize
+from telemetry_core.metrics.stats import snapshot
+from telemetry_core.store.process.decoder import convert, serialize
 from telemetry_core.records import Record
-from telemetry_core.spool import SpoolReader
+from telemetry_core.store.spool.files import SpoolReader
 
 FIXTURES = Path(__file__).parent / "fixtures"
 REVISION = "http://hg.mozilla.org/releases/mozilla-release/rev/a55c55edf302"
@@ -45,7 +45,7 @@ def test_fixture_ping_converts_offline_from_the_seeded_cache(engine):
 
 
 def test_unknown_revision_offline_is_operational_not_a_bad_record(engine):
-    from telemetry_core.revisions import HgwebError
+    from telemetry_core.convert.revisions import HgwebError
 
     payload = json.loads(gzip.decompress(PING.body))
     payload["info"]["revision"] = "http://hg.mozilla.org/mozilla-central/rev/0123456789ab"

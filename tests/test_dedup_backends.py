@@ -17,13 +17,16 @@ from pathlib import Path
 
 import pytest
 
-from telemetry_core import dedup_ledger, dedup_redis, dedup_rules, dedup_sqlite
-from telemetry_core.config import read_config
-from telemetry_core.dedup import Deduplicator, DuplicateRecord
-from telemetry_core.dedup_ledger import DedupLedger, LedgerWriter, finished_ledger_files, ledger_archive_key
-from telemetry_core.dedup_redis import RedisDedupBackend
-from telemetry_core.dedup_rules import DedupUnavailableError
-from telemetry_core.dedup_sqlite import SqliteDedupBackend
+from telemetry_core.dedup import ledger as dedup_ledger
+from telemetry_core.dedup import redis_backend as dedup_redis
+from telemetry_core.dedup import rules as dedup_rules
+from telemetry_core.dedup import sqlite_backend as dedup_sqlite
+from telemetry_core.config.loader import read_config
+from telemetry_core.dedup.deduplicator import Deduplicator, DuplicateRecord
+from telemetry_core.dedup.ledger import DedupLedger, LedgerWriter, finished_ledger_files, ledger_archive_key
+from telemetry_core.dedup.redis_backend import RedisDedupBackend
+from telemetry_core.dedup.rules import DedupUnavailableError
+from telemetry_core.dedup.sqlite_backend import SqliteDedupBackend
 from telemetry_core.engine import Engine
 from telemetry_core.interfaces import JobSpec
 from telemetry_core.plugins import make_plugin_manager

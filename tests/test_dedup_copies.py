@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from telemetry_core.mapreduce_runner import run_job
-from telemetry_core.processor import Processor
-from telemetry_core.spool import SpoolWriter
+from telemetry_core.reduce.runner import run_job
+from telemetry_core.store.process.processor import Processor
+from telemetry_core.store.spool.files import SpoolWriter
 
 from dedup_helpers import RedisServer
 from process_helpers import processor_engine, uuid
@@ -138,7 +138,7 @@ def test_dedup_check_reports_sessions_with_more_than_one_live_record(tmp_path, e
         spool_file(data_dir, records[1:2])  # the resend, same ms, the other edge worker's file
         with monkeypatch.context() as patch:
             if blind:
-                patch.setattr("telemetry_core.dedup.accepts_copy_id", lambda backend: False)
+                patch.setattr("telemetry_core.dedup.deduplicator.accepts_copy_id", lambda backend: False)
             processor = Processor(processor_engine(data_dir, overrides=overrides[data_dir.name]))
             processor.run_once()
             processor.close()

@@ -15,11 +15,14 @@ import boto3
 import pytest
 from greplin import scales
 
-from telemetry_core import dedup_ledger, dedup_rules, dedup_sqlite, hookimpl
-from telemetry_core.dedup import Deduplicator, DuplicateRecord
-from telemetry_core.dedup_ledger import (DedupLedger, LedgerFilterError, LedgerFormatError, LedgerWriter,
+from telemetry_core import hookimpl
+from telemetry_core.dedup import ledger as dedup_ledger
+from telemetry_core.dedup import rules as dedup_rules
+from telemetry_core.dedup import sqlite_backend as dedup_sqlite
+from telemetry_core.dedup.deduplicator import Deduplicator, DuplicateRecord
+from telemetry_core.dedup.ledger import (DedupLedger, LedgerFilterError, LedgerFormatError, LedgerWriter,
                                          finish_orphans, finished_ledger_files, ledger_archive_key)
-from telemetry_core.dedup_rules import DedupKeyError, SessionState, decide
+from telemetry_core.dedup.rules import DedupKeyError, SessionState, decide
 from telemetry_core.interfaces import JobSpec
 from telemetry_core.records import Decision
 
@@ -110,7 +113,7 @@ def test_dedup_ledger_finishes_a_dead_writers_file_and_cuts_its_torn_line(tmp_pa
     script = f"""
 import os, sys
 sys.path.insert(0, {str(REPO)!r})
-from telemetry_core.dedup_ledger import LedgerWriter
+from telemetry_core.dedup.ledger import LedgerWriter
 from telemetry_core.records import Decision
 writer = LedgerWriter({str(tmp_path)!r}, "dead")
 writer.write(Decision("kept", "{uuid(1)}", body_hash="{'ab' * 16}", received_at_ms=1, version=3,
@@ -278,7 +281,7 @@ def test_dedup_deduplicator_keeps_working_with_a_backend_without_copy_id(dedup_e
 def test_dedup_backend_is_chosen_by_config(dedup_engine, make_engine, pm):
     engine, _ = dedup_engine
     assert engine.dedup_backend().name == "sqlite"
-    from telemetry_core import dedup_redis
+    from telemetry_core.dedup import redis_backend as dedup_redis
     from telemetry_core.errors import ConfigError
 
     pm.register(dedup_redis)
@@ -305,8 +308,8 @@ def test_dedup_reduce_filter_reads_the_archive_and_the_local_ledger(dedup_engine
     """Finished ledger files published to the local archive's _ledger/ (through the
     real publisher), plus a newer decision only in this node's open ledger file;
     with no --input the job reads the configured archive."""
-    from telemetry_core import publish_local
-    from telemetry_core.publish_local import sha256_of
+    from telemetry_core.store import local as publish_local
+    from telemetry_core.store.local import sha256_of
 
     pm.register(publish_local)
     engine, _ = dedup_engine

@@ -20,9 +20,9 @@ from pathlib import Path
 
 import pytest
 
-from telemetry_core.dedup import Deduplicator, DuplicateRecord
-from telemetry_core.dedup_ledger import LEDGER_DIR, DedupLedger
-from telemetry_core.dedup_rules import DEDUPLICATED_KINDS, SAVED_SESSION
+from telemetry_core.dedup.deduplicator import Deduplicator, DuplicateRecord
+from telemetry_core.dedup.ledger import LEDGER_DIR, DedupLedger
+from telemetry_core.dedup.rules import DEDUPLICATED_KINDS, SAVED_SESSION
 
 from dedup_helpers import T0, RedisServer, Sub, uuid
 from process_helpers import processor_engine

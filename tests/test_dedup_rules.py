@@ -1,4 +1,4 @@
-"""The dedup rules (telemetry_core.dedup_rules): the decisions table of
+"""The dedup rules (telemetry_core.dedup.rules): the decisions table of
 docs/dedup.md, replays, order independence, malformed input, the key hook."""
 
 from __future__ import annotations
@@ -9,9 +9,9 @@ import random
 
 import pytest
 
-from telemetry_core import dedup_rules as rules
-from telemetry_core.dedup_ledger import DedupLedger, encode
-from telemetry_core.dedup_rules import DedupKeyError, SessionState, body_hash, decide
+from telemetry_core.dedup import rules
+from telemetry_core.dedup.ledger import DedupLedger, encode
+from telemetry_core.dedup.rules import DedupKeyError, SessionState, body_hash, decide
 from telemetry_core.records import DedupKey, Record
 
 from dedup_helpers import DAY_MS, T0, Sub, generate_stream, uuid

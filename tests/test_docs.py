@@ -5,10 +5,10 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from telemetry_core.config_schema import CORE_SCHEMA
-from telemetry_core.config import read_config
+from telemetry_core.config.keys import CORE_SCHEMA
+from telemetry_core.config.loader import read_config
 from telemetry_core.engine import Engine
-from telemetry_core.options import walk_options
+from telemetry_core.config.options import walk_options
 from telemetry_core.plugins import make_plugin_manager
 from telemetry_core.records import Submission
 

@@ -23,9 +23,9 @@ from dedup_helpers import RedisServer
 from s3_helpers import (bucket, dead_endpoint, fake_aws_credentials, fault_proxy, moto_endpoint,  # noqa: F401
                         s3_client)
 from telemetry_core.cli import cli
-from telemetry_core.config import load_config
-from telemetry_core.s3_policy import apply_lifecycle, policy_for_config
-from telemetry_core.spool import SpoolFileName
+from telemetry_core.config.loader import load_config
+from telemetry_core.store.s3.policy import apply_lifecycle, policy_for_config
+from telemetry_core.store.spool.files import SpoolFileName
 
 NODE_ARN = "arn:aws:iam::123456789012:role/telemetry-node"
 
@@ -131,7 +131,7 @@ def test_healthy_local_node_exits_0(tmp_path, node):
 
 
 def test_pure_python_converter_warns_with_the_fix_and_still_exits_0(tmp_path, node, monkeypatch):
-    monkeypatch.setattr("telemetry_core.conversion.COMPILED", False)
+    monkeypatch.setattr("telemetry_core.convert.conversion.COMPILED", False)
     code, output = doctor(tmp_path, node)
     assert code == 0, output
     text = line(output, "converter")

@@ -10,7 +10,7 @@ from click.testing import CliRunner
 
 from edge_fixtures import FIXTURE_LOG, ThreadedEdge
 from telemetry_core.cli import cli
-from telemetry_core.edge_bench import ping_bodies, read_ping, synthetic_ping
+from telemetry_core.receive.bench import ping_bodies, read_ping, synthetic_ping
 
 
 @pytest.fixture

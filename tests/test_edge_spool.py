@@ -7,8 +7,8 @@ import threading
 
 import pytest
 
-from telemetry_core.edge_spool import SpoolThread
-from telemetry_core.spool import SpoolReader, SpoolRecordError, SpoolWriteError, SpoolWriter
+from telemetry_core.receive.spool_thread import SpoolThread
+from telemetry_core.store.spool.files import SpoolReader, SpoolRecordError, SpoolWriteError, SpoolWriter
 
 
 def test_appends_run_in_order_in_another_thread_and_close_finishes_the_file(tmp_path):
@@ -42,7 +42,7 @@ def test_appends_run_in_order_in_another_thread_and_close_finishes_the_file(tmp_
 def test_appends_and_other_operations_keep_their_order_and_own_outcomes(tmp_path):
     """A batch mixing appends and a rotation: appends before the rotation land in the first file,
     the ones after it in the second; a record over the limits fails alone."""
-    from telemetry_core.spool_format import SpoolLimits
+    from telemetry_core.store.spool.framing import SpoolLimits
 
     writer = SpoolWriter(tmp_path / "spool", "n1", limits=SpoolLimits(max_path_bytes=10))
     finished = []
@@ -139,7 +139,7 @@ def test_a_failing_append_fails_only_its_own_future():
 
 
 def test_an_append_after_close_fails_at_once(tmp_path):
-    from telemetry_core.spool import SpoolError
+    from telemetry_core.store.spool.files import SpoolError
 
     async def main():
         spool = SpoolThread(SpoolWriter(tmp_path / "spool", "n1"))

@@ -8,8 +8,8 @@ import time
 
 import pytest
 
-import telemetry_core.graphite as graphite
-from telemetry_core.metrics import snapshot
+import telemetry_core.metrics.graphite as graphite
+from telemetry_core.metrics.stats import snapshot
 
 
 class Carbon:

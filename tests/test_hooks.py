@@ -15,7 +15,7 @@ from click.testing import CliRunner
 from telemetry_core import hookimpl
 from telemetry_core.errors import ConfigError, RecordError
 from telemetry_core.interfaces import InputFile, JobContext, JobSpec, PublishedFile, Route
-from telemetry_core.options import Option, Section
+from telemetry_core.config.options import Option, Section
 from telemetry_core.records import Decision, DedupKey, Record, Rejection, Submission, SubmissionPath
 
 
@@ -354,7 +354,7 @@ def test_hook_telemetry_convert_payload(make_engine):
     item = record()
     assert engine.convert_payload(record=item, spec=None) == ["unknown_histogram", "unknown_histogram"]
     assert item.payload["ver"] == 2
-    from telemetry_core.metrics import snapshot
+    from telemetry_core.metrics.stats import snapshot
     assert snapshot()["convert"]["warning_names"] == {"unknown_histogram": 2}
 
 

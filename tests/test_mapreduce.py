@@ -21,12 +21,12 @@ import pytest
 
 from mapreduce_helpers import (DAYS, FILTERS, HISTOGRAM, JOBS, TEST_REVISION, archive_files, as_ints, build_dataset,
                                read_output)
-from telemetry_core.mapreduce_inputs import ArchiveInput
-from telemetry_core.mapreduce_filter import DimensionFilter
-from telemetry_core.mapreduce_local import ExecutorError
-from telemetry_core.mapreduce_runner import run_job
-from telemetry_core.mapreduce_tasks import JobAborted
-from telemetry_core.publish_local import LocalArchive
+from telemetry_core.reduce.inputs import ArchiveInput
+from telemetry_core.reduce.filters import DimensionFilter
+from telemetry_core.reduce.local import ExecutorError
+from telemetry_core.reduce.runner import run_job
+from telemetry_core.reduce.tasks import JobAborted
+from telemetry_core.store.local import LocalArchive
 
 FIXTURES = Path(__file__).parent / "fixtures"
 

@@ -10,9 +10,9 @@ import pytest
 from mapreduce_helpers import FILTERS, JOBS, archive_files, as_ints, build_dataset, read_output
 from s3_helpers import (direct_client, fake_aws_credentials, fault_proxy, make_publisher,  # noqa: F401
                         moto_endpoint, s3_client)
-from telemetry_core.mapreduce_filter import DimensionFilter
-from telemetry_core.mapreduce_runner import run_job
-from telemetry_core.publish_local import sha256_of
+from telemetry_core.reduce.filters import DimensionFilter
+from telemetry_core.reduce.runner import run_job
+from telemetry_core.store.local import sha256_of
 
 PREFIX = "telemetry/"
 

@@ -12,9 +12,9 @@ import pytest
 
 from mapreduce_helpers import FILTERS, JOBS, archive_files, as_ints, build_dataset, read_output
 from s3_helpers import direct_client, fake_aws_credentials, make_publisher, moto_endpoint  # noqa: F401
-from telemetry_core.mapreduce_runner import run_job
-from telemetry_core.mapreduce_tasks import JobAborted
-from telemetry_core.publish_local import sha256_of
+from telemetry_core.reduce.runner import run_job
+from telemetry_core.reduce.tasks import JobAborted
+from telemetry_core.store.local import sha256_of
 
 pyspark = pytest.importorskip("pyspark", reason="pip install 'telemetry-core[spark]' to test the spark executor")
 

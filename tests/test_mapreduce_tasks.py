@@ -15,13 +15,13 @@ from click.testing import CliRunner
 from telemetry_core.cli import cli
 from telemetry_core.engine import Engine
 from telemetry_core.interfaces import JobSpec
-from telemetry_core.mapreduce_command import summary_lines
-from telemetry_core.mapreduce_filter import DimensionFilter
-from telemetry_core.mapreduce_job import load_job
-from telemetry_core.mapreduce_local import (PartitionWriter, _mapper_main, _reducer_main, merge_sorted,
+from telemetry_core.reduce.command import summary_lines
+from telemetry_core.reduce.filters import DimensionFilter
+from telemetry_core.reduce.job import load_job
+from telemetry_core.reduce.local import (PartitionWriter, _mapper_main, _reducer_main, merge_sorted,
                                             open_in_parent, read_partition)
-from telemetry_core.mapreduce_spark import SparkPayload, StatsParam, _spark_map, _spark_reduce, _translate
-from telemetry_core.mapreduce_tasks import JobAborted, TaskStats
+from telemetry_core.reduce.spark import SparkPayload, StatsParam, _spark_map, _spark_reduce, _translate
+from telemetry_core.reduce.tasks import JobAborted, TaskStats
 
 LINES = {"20130910": 30, "20130911": 20}
 

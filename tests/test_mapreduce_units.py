@@ -11,13 +11,13 @@ import textwrap
 
 import pytest
 
-from telemetry_core.codec_lzma import LzmaAloneCodec
+from telemetry_core.compress.lzma_alone import LzmaAloneCodec
 from telemetry_core.interfaces import InputFile, JobContext, JobSpec
-from telemetry_core.mapreduce_filter import DimensionFilter, FilterError
-from telemetry_core.mapreduce_histograms import HistogramLookup
-from telemetry_core.mapreduce_inputs import parse_name
-from telemetry_core.mapreduce_job import JobScriptError, load_job
-from telemetry_core.mapreduce_tasks import (Grouper, MapTask, ReduceTask, adapt_filters, balance, partition_of,
+from telemetry_core.reduce.filters import DimensionFilter, FilterError
+from telemetry_core.reduce.histograms import HistogramLookup
+from telemetry_core.reduce.inputs import parse_name
+from telemetry_core.reduce.job import JobScriptError, load_job
+from telemetry_core.reduce.tasks import (Grouper, MapTask, ReduceTask, adapt_filters, balance, partition_of,
                                             stable_hash)
 from telemetry_core.schema import Schema
 
@@ -136,7 +136,7 @@ def test_original_job_scripts_load(tmp_path):
 
 def test_stable_hash_is_the_same_in_every_process():
     keys = ["20130910", ("a", 1), 7, b"x", 2.5]
-    code = ("from telemetry_core.mapreduce_tasks import stable_hash; "
+    code = ("from telemetry_core.reduce.tasks import stable_hash; "
             f"print([stable_hash(k) for k in {keys!r}])")
     outputs = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                               env={**os.environ, "PYTHONHASHSEED": seed}).stdout for seed in ("1", "2")}
@@ -214,7 +214,7 @@ def test_histogram_lookup_is_lazy_and_cached(tmp_path):
         calls: list[str] = []
 
         def histogram_spec(self, *, revision, info):
-            from telemetry_core.histogram_spec import HistogramSpec
+            from telemetry_core.convert.spec import HistogramSpec
 
             self.calls.append(revision)
             return HistogramSpec({"H": {"kind": "linear", "low": 1, "high": 10, "n_buckets": 4, "description": "d"}})
@@ -230,7 +230,7 @@ def test_histogram_lookup_is_lazy_and_cached(tmp_path):
     assert engine.calls == ["http://hg/r/rev/abc"]
     assert lookup.bounds({"info": {}, "histograms": {}}) == {}
     context = JobContext(write=print)
-    from telemetry_core.mapreduce_histograms import telemetry_reduce_context
+    from telemetry_core.reduce.histograms import telemetry_reduce_context
 
     telemetry_reduce_context(context=context, job=None)
     with pytest.raises(Exception, match="need an engine"):

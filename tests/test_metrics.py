@@ -12,7 +12,7 @@ import pytest
 from greplin import scales
 
 from telemetry_core import hookimpl
-from telemetry_core.metrics import (LatencyStat, LiveLatency, percentile, prometheus_text, read_snapshots,
+from telemetry_core.metrics.stats import (LatencyStat, LiveLatency, percentile, prometheus_text, read_snapshots,
                                     snapshot, status_json, write_snapshot)
 from telemetry_core.plugins import time_plugin_hooks
 from telemetry_core.records import Rejection, Submission

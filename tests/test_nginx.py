@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from edge_fixtures import DIMS, REPO, EdgeNode, free_port, get, new_id, post, spool_records
-from telemetry_core.spool import finish_orphans
+from telemetry_core.store.spool.files import finish_orphans
 
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 EXAMPLE = REPO / "examples" / "nginx" / "telemetry-edge.conf"

@@ -8,9 +8,9 @@ import re
 
 import pytest
 
-from telemetry_core.config_schema import NODE_ID_PATTERN
+from telemetry_core.config.keys import NODE_ID_PATTERN
 from telemetry_core.errors import ConfigError
-from telemetry_core.logging_setup import DEFAULT_FORMAT, configure_logging, set_node_id
+from telemetry_core.config.logging_setup import DEFAULT_FORMAT, configure_logging, set_node_id
 from telemetry_core.node import resolve_node_id
 
 

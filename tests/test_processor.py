@@ -18,10 +18,10 @@ import pytest
 from telemetry_core import hookimpl
 from telemetry_core.errors import RecordError
 from telemetry_core.interfaces import PublishError
-from telemetry_core.manifests import reconcile
-from telemetry_core.metrics import snapshot
-from telemetry_core.process_state import ProcessorLocked
-from telemetry_core.processor import Processor, processor_lock
+from telemetry_core.store.process.manifests import reconcile
+from telemetry_core.metrics.stats import snapshot
+from telemetry_core.store.process.state import ProcessorLocked
+from telemetry_core.store.process.processor import Processor, processor_lock
 
 from process_helpers import DIMS_PATH, FIXTURE_PING, fixture_records, processor_engine, uuid, write_spool
 
@@ -126,7 +126,7 @@ class FailingPublisher:
 
     @hookimpl
     def telemetry_store_publisher(self, engine):
-        from telemetry_core.publish_local import LocalArchive
+        from telemetry_core.store.local import LocalArchive
 
         outer = self
         archive = LocalArchive(engine.config.data_dir / "archive")
@@ -284,7 +284,7 @@ def test_single_instance_lock(tmp_path):
 
 def test_lock_is_released_when_the_holder_is_killed(tmp_path):
     code = ("import sys, time; sys.path.insert(0, 'tests');"
-            "from process_helpers import processor_engine; from telemetry_core.processor import processor_lock;"
+            "from process_helpers import processor_engine; from telemetry_core.store.process.processor import processor_lock;"
             f"from pathlib import Path; processor_lock(processor_engine(Path({str(tmp_path)!r})));"
             "print('locked', flush=True); time.sleep(60)")
     holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
@@ -370,7 +370,7 @@ def test_keeps_processed_spool_when_configured(tmp_path):
 def test_orphaned_open_spool_files_are_drained(tmp_path):
     """An edge killed mid-file leaves its spool file in open/; the processor finishes and drains it."""
     code = ("import os, sys; sys.path.insert(0, 'tests'); from pathlib import Path;"
-            "from process_helpers import fixture_records; from telemetry_core.spool import SpoolWriter;"
+            "from process_helpers import fixture_records; from telemetry_core.store.spool.files import SpoolWriter;"
             f"w = SpoolWriter(Path({str(tmp_path)!r}) / 'spool', 'n1');"
             "[w.append(p, b, timestamp_ms=1378822911255) for p, b in fixture_records(2)]; os._exit(0)")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)

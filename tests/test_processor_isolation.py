@@ -21,7 +21,7 @@ import orjson
 import pytest
 
 from telemetry_core import hookimpl
-from telemetry_core.processor import Processor
+from telemetry_core.store.process.processor import Processor
 from hg_stub import HgStub
 from process_helpers import DIMS_PATH, FIXTURE_PING, processor_engine, uuid, write_spool
 

@@ -27,10 +27,10 @@ import pytest
 from click.testing import CliRunner
 
 from telemetry_core.cli import cli
-from telemetry_core.holdings import local_holdings
-from telemetry_core.manifests import reconcile
-from telemetry_core.processor import Processor, disk_full_error
-from telemetry_core.publish_local import LocalArchive
+from telemetry_core.store.process.holdings import local_holdings
+from telemetry_core.store.process.manifests import reconcile
+from telemetry_core.store.process.processor import Processor, disk_full_error
+from telemetry_core.store.local import LocalArchive
 from hg_stub import HgStub
 from process_helpers import DIMS_PATH, FIXTURE_PING, fixture_records, processor_engine, uuid, write_spool
 

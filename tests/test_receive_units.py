@@ -8,16 +8,16 @@ import zlib
 
 import pytest
 
-from telemetry_core import bounded_gzip
-from telemetry_core.config import load_config
-from telemetry_core.edge_app import decode_submission_path
-from telemetry_core.edge_batch import split_batch
-from telemetry_core.edge_metrics import merge_trees
+from telemetry_core.compress import bounded_gzip
+from telemetry_core.config.loader import load_config
+from telemetry_core.receive.app import decode_submission_path
+from telemetry_core.receive.batch import split_batch
+from telemetry_core.receive.node_metrics import merge_trees
 from telemetry_core.errors import ConfigError
-from telemetry_core.receive_client_addr import ClientAddressPolicy
-from telemetry_core.receive_paths import parse_submission_path
+from telemetry_core.receive.client_addr import ClientAddressPolicy
+from telemetry_core.receive.paths import parse_submission_path
 from telemetry_core.records import Rejection, SubmissionPath
-from telemetry_core.spool import FsyncPolicy
+from telemetry_core.store.spool.files import FsyncPolicy
 
 ID = "17caa68c-25f5-450a-9cce-7d31318846d8"
 
@@ -119,7 +119,7 @@ def test_merge_trees_adds_counters_and_combines_latency_bounds():
 
 
 def test_spool_writer_from_config(make_engine):
-    from telemetry_core import spool_store
+    from telemetry_core.store.spool import writer_plugin as spool_store
 
     engine = make_engine(spool_store, **{"node_id": "n1", "receive.spool.fsync": "always",
                                          "receive.spool.max_file_bytes": 4096, "receive.max_path_bytes": 512,

@@ -11,12 +11,12 @@ from click.testing import CliRunner
 
 from process_helpers import fixture_records, processor_engine, uuid, write_spool
 from telemetry_core.cli import cli
-from telemetry_core.holdings import local_holdings
-from telemetry_core.manifests import Manifest, manifest_key, reconcile
-from telemetry_core.processor import Processor
-from telemetry_core.publish_local import sha256_of
-from telemetry_core.replay import replay
-from telemetry_core.spool import SpoolFileName
+from telemetry_core.store.process.holdings import local_holdings
+from telemetry_core.store.process.manifests import Manifest, manifest_key, reconcile
+from telemetry_core.store.process.processor import Processor
+from telemetry_core.store.local import sha256_of
+from telemetry_core.store.process.replay import replay
+from telemetry_core.store.spool.files import SpoolFileName
 
 TOO_SMALL = "process.max_inflated_bytes=1024"
 

@@ -11,11 +11,11 @@ from click.testing import CliRunner
 from s3_helpers import bucket, fake_aws_credentials, moto_endpoint, s3_client  # noqa: F401
 from process_helpers import DIMS_PATH, FIXTURE_PING, fixture_records, processor_engine, uuid, write_spool
 from telemetry_core.cli import cli
-from telemetry_core.holdings import local_holdings
-from telemetry_core.manifests import reconcile
-from telemetry_core.processor import Processor
-from telemetry_core.replay import replay, replay_journal_key, replay_journal_path
-from telemetry_core.spool import SpoolReader, SpoolWriter
+from telemetry_core.store.process.holdings import local_holdings
+from telemetry_core.store.process.manifests import reconcile
+from telemetry_core.store.process.processor import Processor
+from telemetry_core.store.process.replay import replay, replay_journal_key, replay_journal_path
+from telemetry_core.store.spool.files import SpoolReader, SpoolWriter
 
 KEY = "idle-daily/Firefox/release/23.0.1/20130814063812.20130910.n1.2.log.xz"
 #: The fixture ping inflates past this, so it is quarantined as oversized_data.

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from telemetry_core.config import load_config
-from telemetry_core.retention import retention_areas, sweep
+from telemetry_core.config.loader import load_config
+from telemetry_core.ops.retention import retention_areas, sweep
 
 DAY = 86400
 NOW = time.time()
@@ -166,7 +166,7 @@ def test_the_command_sweeps_and_reports(data_dir, tmp_path):
 
 def spool_of(root: Path, relative: str, records: int, age_days: float) -> Path:
     """A real spool file of ``records`` records at ``root/relative``, ``age_days`` old."""
-    from telemetry_core.spool import SpoolWriter
+    from telemetry_core.store.spool.files import SpoolWriter
 
     with SpoolWriter(root / "scratch", "n1") as writer:
         for index in range(records):
@@ -181,7 +181,7 @@ def spool_of(root: Path, relative: str, records: int, age_days: float) -> Path:
 
 
 def test_expiring_failed_inputs_warns_with_the_records_lost(tmp_path, caplog):
-    from telemetry_core.metrics import snapshot
+    from telemetry_core.metrics.stats import snapshot
 
     failed = spool_of(tmp_path, "failed/n1.1.2.3.spool", 3, age_days=40)
     make_file(tmp_path, "failed/n1.1.2.3.spool.reason", 40)
@@ -199,7 +199,7 @@ def test_expiring_failed_inputs_warns_with_the_records_lost(tmp_path, caplog):
 
 
 def test_pending_is_swept_only_with_pending_days(tmp_path, caplog):
-    from telemetry_core.metrics import snapshot
+    from telemetry_core.metrics.stats import snapshot
 
     parked = spool_of(tmp_path, "pending/mozilla-release.abc/n1.1.2.3.spool", 2, age_days=100)
     revision = make_file(tmp_path, "pending/mozilla-release.abc/revision.json", 100)

@@ -27,9 +27,9 @@ from urllib.parse import urlsplit, parse_qs
 import pytest
 
 from telemetry_core.errors import RecordError
-from telemetry_core.revision_history import (HistogramsHistory, SpecResolver, build_time, parse_hgweb_changeset,
+from telemetry_core.convert.history import (HistogramsHistory, SpecResolver, build_time, parse_hgweb_changeset,
                                              parse_hgweb_filelog, repository_for_channel)
-from telemetry_core.revisions import (DEFAULT_SEED_DIR, HISTOGRAMS_JSON_PATH, HgwebError, InvalidHgwebResponse,
+from telemetry_core.convert.revisions import (DEFAULT_SEED_DIR, HISTOGRAMS_JSON_PATH, HgwebError, InvalidHgwebResponse,
                                       Revision, RevisionCache, RevisionNotFoundError, inside, parse_histograms_json,
                                       parse_revision, revision_cache_from_options, write_atomically)
 

@@ -15,8 +15,8 @@ import pytest
 from s3_helpers import (bucket, dead_endpoint, fake_aws_credentials, fault_proxy, is_complete,  # noqa: F401
                         is_object_get, is_part_upload, make_publisher, moto_endpoint, s3_client)
 from telemetry_core.interfaces import PublishConflict, PublishError
-from telemetry_core.publish_local import sha256_of
-from telemetry_core.publish_s3 import ChecksumMismatch
+from telemetry_core.store.local import sha256_of
+from telemetry_core.store.s3.publisher import ChecksumMismatch
 
 KEY = "idle-daily/Firefox/nightly/25.0a1/20130701.20130702.n1.3.log.xz"
 

@@ -14,9 +14,9 @@ import pytest
 import yaml
 
 from s3_helpers import bucket, fake_aws_credentials, moto_endpoint, s3_client  # noqa: F401
-from telemetry_core.config import load_config
+from telemetry_core.config.loader import load_config
 from telemetry_core.errors import ConfigError
-from telemetry_core.s3_policy import (DATA_FIRST_CHARACTERS, bucket_policy, default_encryption, lifecycle_rules,
+from telemetry_core.store.s3.policy import (DATA_FIRST_CHARACTERS, bucket_policy, default_encryption, lifecycle_rules,
                                       merge_rules)
 from telemetry_core.schema import safe_component
 

@@ -9,9 +9,9 @@ import time
 from s3_helpers import (bucket, fake_aws_credentials, fault_proxy, is_part_upload, moto_endpoint,  # noqa: F401
                         s3_client)
 from process_helpers import fixture_records, processor_engine, uuid, write_spool
-from telemetry_core.manifests import reconcile
-from telemetry_core.processor import Processor
-from telemetry_core.retention import retention_areas, sweep
+from telemetry_core.store.process.manifests import reconcile
+from telemetry_core.store.process.processor import Processor
+from telemetry_core.ops.retention import retention_areas, sweep
 
 KEY = "idle-daily/Firefox/release/23.0.1/20130814063812.20130910.n1.1.log.xz"
 

@@ -13,9 +13,9 @@ from s3_helpers import (bucket, fake_aws_credentials, make_publisher,  # noqa: F
                         moto_endpoint, s3_client)
 from telemetry_core.errors import ConfigError
 from telemetry_core.interfaces import PublishConflict, PublishError, StoredObject
-from telemetry_core.publish_local import sha256_of
-from telemetry_core.publish_s3 import S3Publisher, S3Settings, normalize_prefix
-from telemetry_core.s3_digests import digest_file
+from telemetry_core.store.local import sha256_of
+from telemetry_core.store.s3.publisher import S3Publisher, S3Settings, normalize_prefix
+from telemetry_core.store.s3.digests import digest_file
 
 KEY = "saved-session/Firefox/release/23.0/20130101.20130615.node1.7.log.xz"
 
@@ -211,7 +211,7 @@ def test_settings_validate_bucket_prefix_and_encryption():
 
 
 def test_the_plugin_builds_the_publisher_from_config(make_engine, pm, moto_endpoint, bucket, tmp_path):
-    from telemetry_core import publish_s3
+    from telemetry_core.store.s3 import publisher as publish_s3
 
     pm.register(publish_s3)
     engine = make_engine(**{"store.publish.backend": "s3", "store.publish.bucket": bucket,
@@ -227,7 +227,7 @@ def test_the_plugin_builds_the_publisher_from_config(make_engine, pm, moto_endpo
 
 
 def test_the_plugin_needs_a_bucket(make_engine, pm):
-    from telemetry_core import publish_s3
+    from telemetry_core.store.s3 import publisher as publish_s3
 
     pm.register(publish_s3)
     engine = make_engine(**{"store.publish.backend": "s3"})
@@ -236,7 +236,7 @@ def test_the_plugin_needs_a_bucket(make_engine, pm):
 
 
 def test_the_plugin_stays_out_of_the_way_of_other_backends(make_engine, pm):
-    from telemetry_core import publish_s3
+    from telemetry_core.store.s3 import publisher as publish_s3
 
     pm.register(publish_s3)
     with pytest.raises(ConfigError, match="no installed plugin provides publish backend 'local'"):

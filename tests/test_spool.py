@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from telemetry_core import spool as spool_module
+from telemetry_core.store.spool import files as spool_module
 from telemetry_core.errors import TelemetryError
-from telemetry_core.spool import (
+from telemetry_core.store.spool.files import (
     FINISHED_DIR_NAME,
     OPEN_DIR_NAME,
     FsyncPolicy,
@@ -27,7 +27,7 @@ from telemetry_core.spool import (
     list_finished_files,
     validate_node_id,
 )
-from telemetry_core.spool_format import (
+from telemetry_core.store.spool.framing import (
     HEADER_SIZE,
     MAGIC,
     ReadStats,

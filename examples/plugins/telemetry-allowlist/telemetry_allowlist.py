@@ -14,7 +14,7 @@ from __future__ import annotations
 import click
 
 from telemetry_core import hookimpl
-from telemetry_core.options import Option, Section
+from telemetry_core.config.options import Option, Section
 from telemetry_core.records import Rejection
 
 SECTION = "allowlist"

@@ -1,0 +1,94 @@
+"""Built-in plugin: the compression codecs xz (default), gzip and zstd.
+
+Every codec streams in fixed-size chunks, so memory stays bounded whatever
+the file size, and reads concatenated streams/members/frames (files that
+were appended to, or written in pieces, decompress as one).  zstd needs the
+optional ``zstandard`` package (``pip install 'telemetry-core[zstd]'``).
+"""
+
+from __future__ import annotations
+
+import gzip
+import lzma
+from typing import IO
+
+from ..errors import ConfigError
+from ..hookspecs import hookimpl
+
+CHUNK = 1 << 20
+
+
+def _copy(source: IO[bytes], target: IO[bytes]) -> None:
+    while True:
+        chunk = source.read(CHUNK)
+        if not chunk:
+            return
+        target.write(chunk)
+
+
+class XzCodec:
+    """xz via the standard library; ``level`` is the preset (0-9)."""
+
+    name = "xz"
+    suffix = "xz"
+    aliases = ("xz", "lzma2")
+    levels = range(0, 10)
+
+    def compress(self, source: IO[bytes], target: IO[bytes], level: int) -> None:
+        with lzma.LZMAFile(target, "wb", format=lzma.FORMAT_XZ, preset=level) as compressed:
+            _copy(source, compressed)
+
+    def open_reader(self, source: IO[bytes]) -> IO[bytes]:
+        return lzma.LZMAFile(source, "rb")  # reads concatenated .xz streams
+
+
+class GzipCodec:
+    """gzip; ``level`` 1-9 (0 is stored as the fastest level, 1)."""
+
+    name = "gzip"
+    suffix = "gz"
+    aliases = ("gzip", "gz")
+    levels = range(0, 10)
+
+    def compress(self, source: IO[bytes], target: IO[bytes], level: int) -> None:
+        with gzip.GzipFile(fileobj=target, mode="wb", compresslevel=max(level, 1), mtime=0) as compressed:
+            _copy(source, compressed)
+
+    def open_reader(self, source: IO[bytes]) -> IO[bytes]:
+        return gzip.GzipFile(fileobj=source, mode="rb")  # reads concatenated members
+
+
+class ZstdCodec:
+    """zstd via the optional ``zstandard`` package; ``level`` 1-22 (0 = zstd's default)."""
+
+    name = "zstd"
+    suffix = "zst"
+    aliases = ("zstd", "zst")
+    levels = range(0, 23)
+
+    def __init__(self) -> None:
+        import zstandard  # imported here: the extra is optional
+
+        self._zstd = zstandard
+
+    def compress(self, source: IO[bytes], target: IO[bytes], level: int) -> None:
+        compressor = self._zstd.ZstdCompressor(level=level or 3)
+        with compressor.stream_writer(target, closefd=False) as compressed:
+            _copy(source, compressed)
+
+    def open_reader(self, source: IO[bytes]) -> IO[bytes]:
+        return self._zstd.ZstdDecompressor().stream_reader(source, read_across_frames=True, closefd=False)
+
+
+@hookimpl(trylast=True)
+def telemetry_compress_codec(name: str) -> XzCodec | GzipCodec | ZstdCodec | None:
+    for codec_class in (XzCodec, GzipCodec):
+        if name in codec_class.aliases:
+            return codec_class()
+    if name in ZstdCodec.aliases:
+        try:
+            return ZstdCodec()
+        except ImportError:
+            raise ConfigError("codec zstd needs the zstandard package: pip install 'telemetry-core[zstd]'",
+                              key="compress.codec") from None
+    return None

@@ -1,0 +1,1 @@
+"""Configuration: the YAML loader, the core keys, option declarations, logging setup."""

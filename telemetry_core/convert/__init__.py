@@ -1,0 +1,1 @@
+"""The convert stage: bucket rules, Histograms.json revisions, the converter."""

@@ -1,0 +1,122 @@
+"""Built-in plugin: the convert stage.
+
+* ``telemetry_convert_histogram_spec`` checks a payload's ``info.revision``
+  against ``convert.histograms.repositories`` (``unknown_revision``, with
+  no request made) and resolves it (or its channel and build id) to a
+  :class:`~telemetry_core.convert.spec.HistogramSpec` through the revision
+  cache and history (``convert.histograms`` config), keeping the last specs
+  in memory (their bucket indexes are what makes conversion fast);
+* ``telemetry_convert_payload`` converts classic (``ver`` 1) payloads:
+  ``histograms`` with the spec, and ``addonHistograms`` generically from
+  each entry's own description, after checking entries against the
+  definitions plugins know (``telemetry_convert_addon_histograms``, e.g.
+  the pdf.js plugin): a disagreement is a counted warning, never a change
+  to the record.  Unified (``version`` 4 and later) payloads have no
+  classic histograms and are stored unconverted, with a warning.
+
+It also adds ``telemetry convert`` and ``telemetry histograms show``.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Any
+
+from .buckets import DefinitionError, parse_definition
+from .conversion import convert_addon_histograms, convert_payload
+from ..hookspecs import hookimpl
+from .spec import HistogramSpec, addon_histogram_layout
+from .allowlist import RepositoryAllowlist
+from .history import SpecResolver
+from .revisions import parse_revision, revision_cache_from_options
+
+#: Warnings this plugin returns (counted under convert/warning_names/<name>).
+ADDON_MISMATCH = "addon_definition_mismatch"
+ADDON_UNKNOWN = "addon_definition_unknown"
+UNIFIED_UNCONVERTED = "unified_payload_unconverted"
+SPEC_CACHE_SIZE = 32
+_EMPTY_SPEC = HistogramSpec({})
+
+
+class SpecSource:
+    """Allowlist + resolver + a small LRU of built :class:`HistogramSpec` objects, per engine."""
+
+    def __init__(self, options: dict[str, Any]) -> None:
+        self.allowlist = RepositoryAllowlist(options["repositories"])
+        self.resolver = SpecResolver(revision_cache_from_options(options),
+                                     history_ttl=options["history_ttl"],
+                                     revision_lookup=options["revision_lookup"])
+        self.specs: OrderedDict[str, HistogramSpec] = OrderedDict()
+
+    def spec(self, revision: str | None, info: dict[str, Any]) -> HistogramSpec:
+        if revision:
+            self.allowlist.check(revision, parse_revision(revision))
+        resolved = self.resolver.resolve(revision, info)
+        key = str(resolved.revision)
+        spec = self.specs.get(key)
+        if spec is None:
+            spec = self.specs[key] = HistogramSpec(resolved.histograms, revision=key)
+            if len(self.specs) > SPEC_CACHE_SIZE:
+                self.specs.popitem(last=False)
+        else:
+            self.specs.move_to_end(key)
+        return spec
+
+
+def spec_source(engine: Any) -> SpecSource:
+    source = engine.state.get(__name__)
+    if source is None:
+        source = engine.state[__name__] = SpecSource(engine.config.get("convert.histograms"))
+    return source
+
+
+@hookimpl(trylast=True)
+def telemetry_convert_histogram_spec(revision: str | None, info: dict[str, Any], engine: Any) -> HistogramSpec:
+    return spec_source(engine).spec(revision, info)
+
+
+@hookimpl(trylast=True)
+def telemetry_convert_payload(record: Any, spec: HistogramSpec | None, engine: Any) -> list[str]:
+    payload = record.payload
+    if "ver" not in payload and isinstance(payload.get("version"), int) and payload["version"] >= 4:
+        return [UNIFIED_UNCONVERTED]
+    warnings = addon_warnings(payload, engine)
+    warnings += convert_payload(payload, spec if spec is not None else _EMPTY_SPEC)
+    warnings += convert_addon_histograms(payload)
+    return warnings
+
+
+def addon_warnings(payload: dict[str, Any], engine: Any) -> list[str]:
+    """Compare add-on entries with the definitions plugins know; warnings only."""
+    addons = payload.get("addonHistograms")
+    if not isinstance(addons, dict):
+        return []
+    warnings = []
+    for addon_id, entries in addons.items():
+        if not isinstance(entries, dict):
+            continue  # the generic conversion names this problem
+        known = engine.addon_histograms(addon_id=addon_id)
+        if not known:
+            continue
+        for name, entry in entries.items():
+            definition = known.get(name)
+            if definition is None:
+                warnings.append(ADDON_UNKNOWN)
+                continue
+            try:
+                expected = parse_definition(name, definition)
+                actual = addon_histogram_layout(name, entry)
+            except DefinitionError:
+                continue  # a malformed entry is rejected by the generic conversion
+            if (expected.histogram_type, expected.low, expected.high, expected.n_buckets) != \
+                    (actual.histogram_type, actual.low, actual.high, actual.n_buckets):
+                warnings.append(ADDON_MISMATCH)
+    return warnings
+
+
+@hookimpl
+def telemetry_register_commands(cli: Any) -> None:
+    from .commands import add_commands
+
+    add_commands(cli)
+

@@ -1,0 +1,1 @@
+"""The dedup stage: the rules, backends (SQLite, Redis) and the ledger."""

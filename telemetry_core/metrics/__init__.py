@@ -1,0 +1,1 @@
+"""Metrics: the scales hook-call monitor, exporters (JSON, Prometheus), Graphite."""

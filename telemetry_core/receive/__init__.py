@@ -1,0 +1,1 @@
+"""The receive stage: the HTTP edge and its built-in receive plugins."""

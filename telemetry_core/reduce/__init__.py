@@ -1,0 +1,1 @@
+"""The reduce stage: MapReduce jobs, filters, inputs and executors."""

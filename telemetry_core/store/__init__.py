@@ -1,0 +1,1 @@
+"""The store stage: the raw spool, the processor, the partitioned layout, publishing."""

@@ -1,0 +1,1 @@
+"""The processor: finished spool files to published, compressed files."""

@@ -1,0 +1,1 @@
+"""The raw spool: node-unique framed files the edge appends to."""
