@@ -7,16 +7,13 @@ one line on stderr starting with ``error:``.
 
 from __future__ import annotations
 
-import cProfile
-import functools
 import json
 import logging
 import signal
 import sys
 import threading
 import time
-from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import click
 import yaml
@@ -26,103 +23,83 @@ from .catalog import hook_descriptions
 from .config.loader import REDACTED
 from .engine import Engine
 from .errors import ConfigError, PluginLoadError, TelemetryError
-from .metrics.stats import add_families, read_snapshots, render_families, write_snapshot
-from .plugins import load_plugins, make_plugin_manager
-from .schema import Schema
+from .commands import (EXIT_CONFIG, EXIT_FAILED, EXIT_PLUGIN, config_options, fail, finish, load_engine,
+                       profile_option)
+from .metrics.stats import add_families, read_snapshots, render_families
 
 log = logging.getLogger(__name__)
 
-EXIT_FAILED, EXIT_CONFIG, EXIT_PLUGIN = 1, 2, 3
 
 
 class TelemetryGroup(click.Group):
-    """The top-level group; plugins' commands are added on first use.
+    """The top-level group; plugins' commands are added when a command is looked up.
 
-    Commands come from every installed and built-in plugin (YAML selection
-    is not known yet when the command line is parsed); a plugin that fails
-    to load here simply contributes no command; the error shows when a
-    command loads plugins with ``--config``.
+    The command's own ``--config``/``--set`` are read first, so the plugins a
+    config disables are never imported, by any command (the engine's
+    :meth:`~telemetry_core.engine.Engine.discover_commands`).  ``telemetry
+    --help`` lists the commands of the default selection.
     """
 
-    _plugin_commands_loaded = False
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._own_commands: set[str] | None = None
+        self._selection: tuple[str | None, tuple[str, ...]] | None = None
+        self._arguments: list[str] = []
+
+    def _own(self) -> set[str]:
+        """The commands defined in this module (known once every decorator ran)."""
+        if self._own_commands is None:
+            self._own_commands = set(self.commands)
+        return self._own_commands
 
     def _load_plugin_commands(self) -> None:
-        if self._plugin_commands_loaded:
+        selection = config_selection(self._arguments)
+        if selection == self._selection:
             return
-        self._plugin_commands_loaded = True
-        pm = make_plugin_manager()
-        logging.getLogger("telemetry_core.plugins").disabled = True
+        for name in set(self.commands) - self._own():  # another selection's commands
+            del self.commands[name]
+        self._selection = selection
+        Engine.discover_commands(cli=self, path=selection[0], overrides=selection[1])
+
+    def resolve_command(self, ctx: click.Context, args: list[str]) -> Any:
+        self._arguments = list(args[1:])
         try:
-            load_plugins(pm, skip_broken=True)
+            return super().resolve_command(ctx, args)
         finally:
-            logging.getLogger("telemetry_core.plugins").disabled = False
-        pm.hook.telemetry_register_commands(cli=self)
+            self._arguments = []
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         self._load_plugin_commands()
         return super().list_commands(ctx)
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
-        command = super().get_command(ctx, cmd_name)
-        if command is None:
+        if cmd_name not in self._own():
             self._load_plugin_commands()
-            command = super().get_command(ctx, cmd_name)
-        return command
+        return super().get_command(ctx, cmd_name)
 
 
-def config_options(function: Callable[..., Any]) -> Callable[..., Any]:
-    """``--config FILE`` and repeated ``--set dotted.key=value``."""
-    function = click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
-                            help="Override a config key (dotted path; the value is parsed as YAML). Repeatable.")(function)
-    return click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
-                        metavar="FILE", help="YAML config (default: built-in defaults).")(function)
-
-
-def profile_option(function: Callable[..., Any]) -> Callable[..., Any]:
-    """``--profile FILE``: write cProfile stats of the command to FILE."""
-    @click.option("--profile", "profile_path", type=click.Path(dir_okay=False), default=None, metavar="FILE",
-                  help="Write cProfile statistics of this command to FILE (read with python -m pstats).")
-    @functools.wraps(function)
-    def wrapper(*args: Any, profile_path: str | None, **kwargs: Any) -> Any:
-        if profile_path is None:
-            return function(*args, **kwargs)
-        profiler = cProfile.Profile()
-        profiler.enable()
-        try:
-            return function(*args, **kwargs)
-        finally:
-            profiler.disable()
-            profiler.dump_stats(profile_path)
-            log.info("profile written to %s", profile_path)
-    return wrapper
-
-
-def fail(message: str, code: int) -> None:
-    click.echo(f"error: {message}", err=True)
-    sys.exit(code)
-
-
-def load_engine(config_path: str | None, overrides: tuple[str, ...]) -> Engine:
-    """Build the engine for a command, turning load errors into one-line exits."""
-    try:
-        return Engine.from_config(config_path, overrides)
-    except PluginLoadError as exc:
-        fail(str(exc), EXIT_PLUGIN)
-    except ConfigError as exc:
-        for line in str(exc).splitlines():
-            click.echo(f"error: {line}", err=True)
-        sys.exit(EXIT_CONFIG)
-    raise AssertionError("unreachable")
-
-
-def finish(engine: Engine, command: str) -> None:
-    """Shutdown hooks, then a metrics snapshot for ``telemetry metrics``."""
-    engine.shutdown(command=command)
-    if engine.config.get("metrics.snapshot"):
-        try:
-            write_snapshot(engine.config.data_dir / "metrics", command)
-        except OSError as exc:
-            log.warning("could not write the metrics snapshot: %s", exc)
+def config_selection(arguments: list[str]) -> tuple[str | None, tuple[str, ...]]:
+    """``(--config, --set ...)`` found in a command's arguments (either ``--opt value``
+    or ``--opt=value``), for choosing plugins before the command is parsed."""
+    path: str | None = None
+    overrides: list[str] = []
+    items = iter(arguments)
+    for item in items:
+        if item == "--":
+            break
+        for option in ("--config", "--set"):
+            if item == option:
+                value = next(items, None)
+            elif item.startswith(option + "="):
+                value = item[len(option) + 1:]
+            else:
+                continue
+            if value is not None:
+                if option == "--config":
+                    path = value
+                else:
+                    overrides.append(value)
+    return path, tuple(overrides)
 
 
 @click.group(cls=TelemetryGroup, context_settings={"help_option_names": ["-h", "--help"]})

@@ -33,6 +33,35 @@ from .schema import Schema
 
 log = logging.getLogger(__name__)
 
+#: "Pick one" config keys, the factory hook their value selects, and values every node accepts.
+CHOICE_KEYS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "compress.codec": ("telemetry_compress_codec", ()),
+    "dedup.backend": ("telemetry_dedup_backend", ("none",)),
+    "store.publish.backend": ("telemetry_store_publisher", ()),
+    "reduce.executor": ("telemetry_reduce_executor", ()),
+}
+
+
+def check_choices(pm: pluggy.PluginManager, config: Config) -> None:
+    """Refuse a configured name no plugin answers (``telemetry_config_choices``),
+    with one line naming the key and the installed choices."""
+    builtin = {name for name, _ in DEFAULT_PLUGINS}
+    for key, (factory, always) in CHOICE_KEYS.items():
+        value = config.get(key)
+        if value is None or value in always:
+            continue
+        choices = sorted({name for batch in pm.hook.telemetry_config_choices(key=key) for name in batch or ()})
+        if value in choices:
+            continue
+        unlisted = [impl.plugin_name for impl in getattr(pm.hook, factory).get_hookimpls()
+                    if impl.plugin_name not in builtin and not hasattr(impl.plugin, "telemetry_config_choices")]
+        if unlisted:
+            log.warning("%s: %r is not listed by any plugin; %s answer %s without naming their choices, "
+                        "so it cannot be checked before use", key, value, ", ".join(unlisted), factory)
+            continue
+        raise ConfigError(f"no plugin answers {value!r}; installed choices: {', '.join(choices + list(always))}",
+                          source=config.source, key=key)
+
 
 class Engine:
     """Configuration + plugin manager + metrics; the only door to the hooks.
@@ -64,13 +93,15 @@ class Engine:
                     entry_points: bool = True, builtins: Iterable[str] = DEFAULT_PLUGINS,
                     configure_logs: bool = True) -> "Engine":
         """Read ``path`` (``None`` = defaults) with ``--set`` overrides, load plugins, validate,
-        configure logging and call ``telemetry_configure``."""
+        configure logging, call ``telemetry_configure`` and check that every "pick one"
+        name (``compress.codec`` ...) has a plugin that answers it (:func:`check_choices`)."""
         raw = read_config(path, overrides)
         disabled, load, skip_broken = raw.plugin_selection()
         pm = make_plugin_manager()
         infos = load_plugins(pm, disabled=disabled, load=load, skip_broken=skip_broken,
                              entry_points=entry_points, builtins=builtins)
         engine = cls.from_plugin_manager(pm, raw, plugins=infos, disabled=disabled, configure_logs=configure_logs)
+        check_choices(pm, engine.config)
         engine.origin = (None if path is None else os.fspath(path), tuple(overrides))
         return engine
 
@@ -139,6 +170,30 @@ class Engine:
     def register_commands(self, *, cli: Any) -> None:
         """``telemetry_register_commands``: every plugin may add commands to ``cli``."""
         self._pm.hook.telemetry_register_commands(cli=cli)
+
+    @staticmethod
+    def discover_commands(*, cli: Any, path: str | os.PathLike[str] | None,
+                          overrides: Iterable[str] = ()) -> list[PluginInfo]:
+        """Let the plugins that config ``path`` (+ ``--set`` overrides) selects add
+        their commands to ``cli``, before any command runs.
+
+        ``plugins.disabled`` holds here as everywhere: a disabled plugin is never
+        imported.  A plugin that fails to load adds no command and is reported
+        (logged as an error naming it and its distribution); the command that
+        then loads the engine reports it again with its exit code.  A config
+        that cannot be read loads the built-ins only (no third-party code), and
+        the command itself then reports the config error.
+        """
+        try:
+            disabled, load, _ = read_config(path, overrides).plugin_selection()
+            entry_points = True
+        except ConfigError:
+            disabled, load, entry_points = [], [], False
+        pm = make_plugin_manager()
+        infos = load_plugins(pm, disabled=disabled, load=load, skip_broken=True, entry_points=entry_points,
+                             broken_note="its commands are not available")
+        pm.hook.telemetry_register_commands(cli=cli)
+        return infos
 
     # ------------------------------------------------------------------ receive
 

@@ -68,6 +68,26 @@ def telemetry_config_schema() -> dict[str, Section] | None:
 
 
 @hookspec
+def telemetry_config_choices(key: str) -> list[str] | None:
+    """Name the values this plugin answers for a "pick one" config key.
+
+    :param key: one of ``compress.codec``, ``dedup.backend``,
+        ``store.publish.backend`` and ``reduce.executor``: the keys whose value
+        names a plugin's answer to ``telemetry_compress_codec``,
+        ``telemetry_dedup_backend``, ``telemetry_store_publisher`` and
+        ``telemetry_reduce_executor``.
+    :return: the names this plugin's factory answers for ``key`` (e.g.
+        ``["zstd"]`` for ``compress.codec``), or ``None``.
+
+    All results are collected: ``telemetry config check`` (and every command
+    at start) refuses a configured name that no plugin lists, naming the key
+    and the installed choices.  A third-party plugin that answers one of
+    those factories without implementing this hook makes its key unchecked
+    (a warning says so).
+    """
+
+
+@hookspec
 def telemetry_configure(config: Config) -> None:
     """Read configuration, once, after it was validated and before anything runs.
 

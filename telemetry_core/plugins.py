@@ -3,10 +3,13 @@
 1. names listed in ``plugins.disabled`` are blocked (never imported);
 2. third-party plugins are loaded from the ``telemetry`` entry-point group;
 3. the built-in plugins (:data:`DEFAULT_PLUGINS`) are registered under their
-   module names;
+   short, stable names (``receive.paths``, ``compress.codecs`` ...); a class
+   is instantiated and the instance registered (its state is per engine);
 4. modules listed in ``plugins.load`` (importable names or ``.py`` paths)
    are registered;
-5. ``check_pending()`` rejects implementations of hooks that do not exist.
+5. ``check_pending()`` rejects implementations of hooks that do not exist;
+6. an essential built-in (:data:`ESSENTIAL_PLUGINS`) named in ``plugins.disabled``
+   is refused unless another loaded plugin implements its hooks.
 
 Hook implementations are called in reverse registration order, so for a
 "pick one" hook a third-party plugin wins only because the built-in
@@ -32,41 +35,53 @@ from typing import Any, Iterable
 import pluggy
 
 from . import __version__, hookspecs
-from .errors import PluginLoadError
+from .errors import ConfigError, PluginLoadError
 from .metrics.stats import HookCallMonitor, counter_stats, time_plugin_hooks
 
 log = logging.getLogger(__name__)
 
-#: Built-in plugins, registered under these module names.
-DEFAULT_PLUGINS: tuple[str, ...] = (
-    "telemetry_core.compress.codecs_builtin",
-    "telemetry_core.metrics.graphite",
-    "telemetry_core.convert.stage",
-    "telemetry_core.store.layout",
-    "telemetry_core.store.local",
-    "telemetry_core.store.s3.publisher",
-    "telemetry_core.store.s3.policy",
-    "telemetry_core.ops.retention",
-    "telemetry_core.store.process.commands",
-    "telemetry_core.store.process.replay",
-    "telemetry_core.receive.paths",
-    "telemetry_core.receive.bodies",
-    "telemetry_core.receive.client_addr",
-    "telemetry_core.store.spool.writer_plugin",
-    "telemetry_core.receive.service",
-    "telemetry_core.dedup.rules",
-    "telemetry_core.dedup.sqlite_backend",
-    "telemetry_core.dedup.redis_backend",
-    "telemetry_core.dedup.ledger",
-    "telemetry_core.dedup.check",
-    "telemetry_core.compress.lzma_alone",
-    "telemetry_core.reduce.inputs",
-    "telemetry_core.reduce.histograms",
-    "telemetry_core.reduce.local",
-    "telemetry_core.reduce.spark",
-    "telemetry_core.reduce.command",
-    "telemetry_core.ops.doctor",
+#: Built-in plugins: ``(name, module)`` or ``(name, "module:Class")``.  A
+#: class is instantiated (no arguments) and the instance registered: that is
+#: where a stateful built-in keeps its state, one per engine.  The names are
+#: stable and short (``<stage>.<what>``); they are what ``plugins.disabled``,
+#: ``telemetry plugins`` and the per-plugin metrics use (docs/writing-plugins.md).
+DEFAULT_PLUGINS: tuple[tuple[str, str], ...] = (
+    ("compress.codecs", "telemetry_core.compress.codecs_builtin"),
+    ("compress.lzma", "telemetry_core.compress.lzma_alone"),
+    ("metrics.graphite", "telemetry_core.metrics.graphite"),
+    ("convert.histograms", "telemetry_core.convert.stage"),
+    ("store.layout", "telemetry_core.store.layout"),
+    ("store.local", "telemetry_core.store.local"),
+    ("store.s3", "telemetry_core.store.s3.publisher"),
+    ("store.s3_policy", "telemetry_core.store.s3.policy"),
+    ("store.spool", "telemetry_core.store.spool.writer_plugin"),
+    ("store.process", "telemetry_core.store.process.commands"),
+    ("store.replay", "telemetry_core.store.process.replay"),
+    ("ops.retention", "telemetry_core.ops.retention"),
+    ("ops.doctor", "telemetry_core.ops.doctor"),
+    ("receive.paths", "telemetry_core.receive.paths"),
+    ("receive.bodies", "telemetry_core.receive.bodies:BodyLimits"),
+    ("receive.client_addr", "telemetry_core.receive.client_addr:ClientAddresses"),
+    ("receive.edge", "telemetry_core.receive.service"),
+    ("dedup.key", "telemetry_core.dedup.rules"),
+    ("dedup.sqlite", "telemetry_core.dedup.sqlite_backend"),
+    ("dedup.redis", "telemetry_core.dedup.redis_backend"),
+    ("dedup.ledger", "telemetry_core.dedup.ledger"),
+    ("dedup.check", "telemetry_core.dedup.check"),
+    ("reduce.inputs", "telemetry_core.reduce.inputs"),
+    ("reduce.histograms", "telemetry_core.reduce.histograms"),
+    ("reduce.local", "telemetry_core.reduce.local"),
+    ("reduce.spark", "telemetry_core.reduce.spark"),
+    ("reduce.command", "telemetry_core.reduce.command"),
 )
+
+#: Built-ins a node cannot work without, and the hooks a replacement must
+#: implement before one of them may be named in ``plugins.disabled``.
+ESSENTIAL_PLUGINS: dict[str, tuple[str, ...]] = {
+    "receive.paths": ("telemetry_receive_parse_path",),
+    "store.layout": ("telemetry_store_partition", "telemetry_store_record", "telemetry_store_invalid"),
+    "store.spool": ("telemetry_store_spool_writer",),
+}
 
 BUILTIN_DISTRIBUTION = "telemetry-core"
 
@@ -100,18 +115,25 @@ def make_plugin_manager(monitor: HookCallMonitor | None = None) -> pluggy.Plugin
 
 def load_plugins(pm: pluggy.PluginManager, *, disabled: Iterable[str] = (), load: Iterable[str] = (),
                  skip_broken: bool = False, entry_points: bool = True,
-                 builtins: Iterable[str] = DEFAULT_PLUGINS) -> list[PluginInfo]:
-    """Load every plugin in the documented order and return what happened to each."""
-    disabled = list(dict.fromkeys(disabled))
-    builtins = tuple(builtins)
-    loader = _Loader(pm, set(disabled), skip_broken, reserved=set(builtins))
+                 builtins: Iterable[tuple[str, str] | str] = DEFAULT_PLUGINS,
+                 broken_note: str = "skipped because plugins.skip_broken is true") -> list[PluginInfo]:
+    """Load every plugin in the documented order and return what happened to each.
+
+    ``builtins`` holds ``(name, "module[:Class]")`` pairs (a bare module name
+    is registered under itself).  Raises :class:`~telemetry_core.errors.ConfigError`
+    when ``disabled`` names an essential built-in that no loaded plugin replaces.
+    """
+    builtins = tuple((entry, entry) if isinstance(entry, str) else entry for entry in builtins)
+    disabled = _plugin_names(disabled, builtins)
+    loader = _Loader(pm, set(disabled), skip_broken, reserved={name for name, _ in builtins},
+                     broken_note=broken_note)
     for name in disabled:
         pm.set_blocked(name)
     if entry_points:
         for entry_point in metadata.entry_points(group=hookspecs.PROJECT_NAME):
             loader.entry_point(entry_point)
-    for module_name in builtins:
-        loader.module(module_name, source="builtin", distribution=BUILTIN_DISTRIBUTION, version=__version__)
+    for name, target in builtins:
+        loader.module(target, name=name, source="builtin", distribution=BUILTIN_DISTRIBUTION, version=__version__)
     for spec in load:
         loader.configured(spec)
     loader.check_pending()
@@ -119,16 +141,43 @@ def load_plugins(pm: pluggy.PluginManager, *, disabled: Iterable[str] = (), load
     for name in disabled:
         if name not in known:
             log.warning("plugins.disabled names %r, but no such plugin is installed or built in", name)
+    _check_essentials(pm, disabled, {name for name, _ in builtins})
     for info in loader.infos:
         if info.status == "loaded":
             info.hooks = sorted(caller.name for caller in pm.get_hookcallers(info.plugin) or ())
     return loader.infos
 
 
+def _plugin_names(disabled: Iterable[str], builtins: tuple[tuple[str, str], ...]) -> list[str]:
+    """``disabled`` with built-ins named by their module translated to their plugin names."""
+    by_module = {target.split(":", 1)[0]: name for name, target in builtins}
+    names = []
+    for name in disabled:
+        if name in by_module:
+            log.warning("plugins.disabled names the module %r; the plugin's name is %r (use that)",
+                        name, by_module[name])
+            name = by_module[name]
+        names.append(name)
+    return list(dict.fromkeys(names))
+
+
+def _check_essentials(pm: pluggy.PluginManager, disabled: list[str], builtin_names: set[str]) -> None:
+    for name in disabled:
+        hooks = ESSENTIAL_PLUGINS.get(name)
+        if not hooks or name not in builtin_names:
+            continue
+        missing = [hook for hook in hooks if not getattr(pm.hook, hook).get_hookimpls()]
+        if missing:
+            raise ConfigError(f"{name} is an essential built-in and no other plugin implements "
+                              f"{', '.join(missing)}; remove it from plugins.disabled or install a plugin "
+                              f"that replaces it", key="plugins.disabled")
+
+
 class _Loader:
     def __init__(self, pm: pluggy.PluginManager, disabled: set[str], skip_broken: bool,
-                 reserved: set[str]) -> None:
+                 reserved: set[str], broken_note: str) -> None:
         self.pm = pm
+        self.broken_note = broken_note
         self.reserved = reserved
         self.disabled = disabled
         self.skip_broken = skip_broken
@@ -151,12 +200,17 @@ class _Loader:
             return
         self._register(info, plugin)
 
-    def module(self, module_name: str, *, source: str, distribution: str | None, version: str | None) -> None:
-        info = PluginInfo(module_name, source, distribution, version)
+    def module(self, target: str, *, source: str, distribution: str | None, version: str | None,
+               name: str | None = None) -> None:
+        """Import ``module`` or ``module:Class`` (then instantiated) and register it as ``name``."""
+        info = PluginInfo(name or target, source, distribution, version)
         if self._skip_disabled(info):
             return
+        module_name, _, class_name = target.partition(":")
         try:
             plugin = importlib.import_module(module_name)
+            if class_name:
+                plugin = getattr(plugin, class_name)()
         except Exception as exc:  # noqa: BLE001
             self._broken(info, exc)
             return
@@ -205,7 +259,7 @@ class _Loader:
         error = PluginLoadError(info.name, distribution, exc)
         if not self.skip_broken:
             raise error from (exc if isinstance(exc, BaseException) else None)
-        log.error("%s; skipped because plugins.skip_broken is true", error)
+        log.error("%s; %s", error, self.broken_note)
         info.status, info.error = "broken", str(error)
         self.infos.append(info)
         self.stats.broken += 1

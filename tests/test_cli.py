@@ -90,10 +90,10 @@ def test_hooks_lists_every_spec_with_its_summary():
 def test_plugins_lists_the_builtins(config):
     result = run_cli(["plugins", "--config", str(config)])
     assert result.returncode == 0, result.stderr
-    assert "telemetry_core.compress.codecs_builtin  [builtin, telemetry-core 0.1.0]  loaded" in result.stdout
+    assert "compress.codecs  [builtin, telemetry-core 0.1.0]  loaded" in result.stdout
     assert "    telemetry_compress_codec" in result.stdout
     rows = json.loads(run_cli(["plugins", "--config", str(config), "--json"]).stdout)
-    assert {"telemetry_core.compress.codecs_builtin", "telemetry_core.metrics.graphite"} <= {row["name"] for row in rows}
+    assert {"compress.codecs", "metrics.graphite"} <= {row["name"] for row in rows}
 
 
 def test_config_check_ok_and_failing(config, tmp_path):
@@ -193,7 +193,8 @@ def test_run_with_duration_profile_and_metrics_snapshot(tmp_path, config):
 
 def builtin_service_plugins():
     """Built-in plugins that contribute services to `telemetry run` (the edge, the processor ...)."""
-    return [name for name in DEFAULT_PLUGINS if hasattr(importlib.import_module(name), "telemetry_services")]
+    return [name for name, target in DEFAULT_PLUGINS
+            if hasattr(importlib.import_module(target.split(":")[0]), "telemetry_services")]
 
 
 def test_run_with_no_services_says_so(config):

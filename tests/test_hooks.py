@@ -55,6 +55,45 @@ def test_hook_telemetry_config_schema(make_engine):
         make_engine(**{"plugins.sample.rate": 2})
 
 
+def test_hook_telemetry_config_choices(pm, tmp_path, caplog):
+    from telemetry_core.config.loader import read_config
+    from telemetry_core.engine import check_choices
+
+    class Brotli:
+        @hookimpl
+        def telemetry_config_choices(self, key):
+            return ["brotli"] if key == "compress.codec" else None
+
+        @hookimpl
+        def telemetry_compress_codec(self, name):
+            return object() if name == "brotli" else None
+
+    class Unlisted:  # a plugin written before the hook: answers the factory, names nothing
+        @hookimpl
+        def telemetry_reduce_executor(self, name, engine):
+            return object() if name == "flink" else None
+
+    from telemetry_core.engine import Engine
+    pm.register(Brotli(), name="brotli")
+    config = Engine.from_plugin_manager(pm, read_config(None, [f"data_dir={tmp_path}", "compress.codec=brotli",
+                                                               "dedup.backend=none"])).config
+    with pytest.raises(ConfigError, match="store.publish.backend: no plugin answers 'local'; installed choices: $"):
+        check_choices(pm, config)  # only brotli is installed: the default 'local' publisher is missing
+    pm.register(Unlisted(), name="unlisted")
+
+    class Local:
+        @hookimpl
+        def telemetry_config_choices(self, key):
+            return {"store.publish.backend": ["local"], "reduce.executor": ["local"]}.get(key)
+
+    pm.register(Local(), name="local")
+    config = Engine.from_plugin_manager(pm, read_config(None, [f"data_dir={tmp_path}", "compress.codec=brotli",
+                                                               "dedup.backend=none",
+                                                               "reduce.executor=flink"])).config
+    check_choices(pm, config)  # brotli is listed; flink is answered by a plugin that lists nothing
+    assert "reduce.executor: 'flink' is not listed by any plugin; unlisted answer" in caplog.text
+
+
 def test_hook_telemetry_configure(make_engine):
     seen = []
 

@@ -80,6 +80,13 @@ class ZstdCodec:
         return self._zstd.ZstdDecompressor().stream_reader(source, read_across_frames=True, closefd=False)
 
 
+@hookimpl
+def telemetry_config_choices(key: str) -> list[str] | None:
+    if key != "compress.codec":
+        return None
+    return [alias for codec_class in (XzCodec, GzipCodec, ZstdCodec) for alias in codec_class.aliases]
+
+
 @hookimpl(trylast=True)
 def telemetry_compress_codec(name: str) -> XzCodec | GzipCodec | ZstdCodec | None:
     for codec_class in (XzCodec, GzipCodec):

@@ -33,6 +33,11 @@ class LzmaAloneCodec:
         return lzma.LZMAFile(source, "rb", format=lzma.FORMAT_AUTO)
 
 
+@hookimpl
+def telemetry_config_choices(key: str) -> list[str] | None:
+    return list(LzmaAloneCodec.aliases) if key == "compress.codec" else None
+
+
 @hookimpl(trylast=True)
 def telemetry_compress_codec(name: str) -> LzmaAloneCodec | None:
     return LzmaAloneCodec() if name in LzmaAloneCodec.aliases else None

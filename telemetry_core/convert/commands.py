@@ -14,6 +14,7 @@ from ..errors import RecordError, TelemetryError
 from ..store.process.decoder import convert, decode, serialize
 from ..records import Record
 from ..store.spool.framing import decode_records
+from ..commands import config_options, load_engine
 
 #: First bytes of a framed spool file: our magic, or the node.js framings' 0x1e.
 SPOOL_MAGICS = (b"\x89TSR", b"\x1e")
@@ -62,7 +63,6 @@ def _failed(record: Record, error: RecordError) -> RecordError:
 
 
 def add_commands(cli: click.Group) -> None:
-    from ..cli import config_options, load_engine
 
     @cli.command("convert")
     @config_options

@@ -28,6 +28,7 @@ from . import rules
 from ..hookspecs import hookimpl
 from ..interfaces import JobSpec
 from ..records import Record
+from ..commands import EXIT_CONFIG, EXIT_FAILED, config_options, fail, finish, load_engine
 
 #: Live records remembered per session (a session with more is reported with these).
 SHOWN = 3
@@ -141,7 +142,6 @@ def report_lines(report: CheckReport) -> list[str]:
 
 @hookimpl
 def telemetry_register_commands(cli: click.Group) -> None:
-    from ..cli import EXIT_CONFIG, EXIT_FAILED, config_options, fail, finish, load_engine
     from ..errors import ConfigError, TelemetryError
 
     @cli.group()

@@ -196,6 +196,11 @@ def _where(url: str) -> str:
     return f"{parsed.hostname or 'localhost'}:{parsed.port or 6379}"
 
 
+@hookimpl
+def telemetry_config_choices(key: str) -> list[str] | None:
+    return ["redis"] if key == "dedup.backend" else None
+
+
 @hookimpl(trylast=True)
 def telemetry_dedup_backend(engine: Any) -> RedisDedupBackend | None:
     """The Redis backend when ``dedup.backend`` is ``redis``."""

@@ -200,6 +200,11 @@ class _Transaction:
             self.db.execute("ROLLBACK")
 
 
+@hookimpl
+def telemetry_config_choices(key: str) -> list[str] | None:
+    return ["sqlite"] if key == "dedup.backend" else None
+
+
 @hookimpl(trylast=True)
 def telemetry_dedup_backend(engine: Any) -> SqliteDedupBackend | None:
     """The SQLite backend when ``dedup.backend`` is ``sqlite``."""

@@ -31,6 +31,7 @@ from typing import Any, Callable, Iterable
 import click
 
 from ..hookspecs import hookimpl
+from ..commands import config_options
 
 OK, WARN, FAIL, SKIP = "ok", "warn", "FAIL", "skip"
 #: Earliest plausible wall clock (the first telemetry-core release year); before this the clock is wrong.
@@ -394,7 +395,6 @@ def run_checks(config: Any, *, now: float | None = None) -> list[CheckResult]:
 @hookimpl
 def telemetry_register_commands(cli: click.Group) -> None:
     """Add ``telemetry doctor``."""
-    from ..cli import config_options
 
     @cli.command()
     @config_options

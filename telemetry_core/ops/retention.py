@@ -45,6 +45,7 @@ from greplin import scales
 
 from ..hookspecs import hookimpl
 from ..store.spool.files import SpoolReader
+from ..commands import EXIT_FAILED, config_options, fail, finish, load_engine
 
 log = logging.getLogger(__name__)
 
@@ -238,7 +239,6 @@ def format_report(report: SweepReport) -> list[str]:
 
 @hookimpl
 def telemetry_register_commands(cli: click.Group) -> None:
-    from ..cli import EXIT_FAILED, config_options, fail, finish, load_engine
 
     @cli.group()
     def retention() -> None:

@@ -13,9 +13,9 @@ thrown away (:mod:`telemetry_core.compress.bounded_gzip`): the spool keeps the b
 exactly as received.  The JSON inside is not parsed here; that is the
 processor's job (raw first).
 
-The limit is read in ``telemetry_configure``; like every module plugin it
-serves the engine configured last in the process (the edge runs one engine
-per worker process).
+The plugin is an instance (:class:`BodyLimits`, registered as
+``receive.bodies``): each engine has its own, configured in
+``telemetry_configure``.
 """
 
 from __future__ import annotations
@@ -26,10 +26,9 @@ from ..compress import bounded_gzip
 from ..hookspecs import hookimpl
 from ..records import Rejection, Submission
 
-__all__ = ["DEFAULT_MAX_INFLATED_BYTES", "body_problem", "telemetry_configure", "telemetry_receive_validate"]
+__all__ = ["DEFAULT_MAX_INFLATED_BYTES", "BodyLimits", "body_problem"]
 
 DEFAULT_MAX_INFLATED_BYTES = 8 * 1024 * 1024
-_settings = {"max_inflated_bytes": DEFAULT_MAX_INFLATED_BYTES}
 
 
 def body_problem(body: bytes, encoding: str, max_inflated_bytes: int) -> Rejection | None:
@@ -44,11 +43,16 @@ def body_problem(body: bytes, encoding: str, max_inflated_bytes: int) -> Rejecti
     return None
 
 
-@hookimpl
-def telemetry_configure(config: Any) -> None:
-    _settings["max_inflated_bytes"] = config.get("receive.max_inflated_bytes", DEFAULT_MAX_INFLATED_BYTES)
+class BodyLimits:
+    """The built-in ``receive.bodies`` plugin: one per engine."""
 
+    def __init__(self) -> None:
+        self.max_inflated_bytes = DEFAULT_MAX_INFLATED_BYTES
 
-@hookimpl
-def telemetry_receive_validate(submission: Submission) -> Rejection | None:
-    return body_problem(submission.body, submission.encoding, _settings["max_inflated_bytes"])
+    @hookimpl
+    def telemetry_configure(self, config: Any) -> None:
+        self.max_inflated_bytes = config.get("receive.max_inflated_bytes", DEFAULT_MAX_INFLATED_BYTES)
+
+    @hookimpl
+    def telemetry_receive_validate(self, submission: Submission) -> Rejection | None:
+        return body_problem(submission.body, submission.encoding, self.max_inflated_bytes)

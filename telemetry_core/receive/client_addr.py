@@ -12,8 +12,9 @@ client is stored.  When on, ``telemetry_receive_enrich`` sets
   header that is missing or not a list of IP addresses leaves the peer's
   address (counted under ``/receive_client_addr/bad_forwarded_for``).
 
-Settings come from ``telemetry_configure`` (the engine configured last in
-the process wins; the edge has one engine per worker process).
+The plugin is an instance (:class:`ClientAddresses`, registered as
+``receive.client_addr``): each engine has its own policy, built in
+``telemetry_configure``.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from ..hookspecs import hookimpl
 from ..metrics.stats import counter_stats
 from ..records import Submission
 
-__all__ = ["ClientAddressPolicy", "telemetry_configure", "telemetry_receive_enrich"]
+__all__ = ["ClientAddressPolicy", "ClientAddresses"]
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -65,18 +66,19 @@ class ClientAddressPolicy:
         return addresses[0]
 
 
-_policy: ClientAddressPolicy | None = None
+class ClientAddresses:
+    """The built-in ``receive.client_addr`` plugin: one policy per engine."""
 
+    def __init__(self) -> None:
+        self.policy = ClientAddressPolicy()
 
-@hookimpl
-def telemetry_configure(config: Any) -> None:
-    global _policy
-    _policy = ClientAddressPolicy(bool(config.get("receive.record_client_addr", False)),
-                                  config.get("receive.trusted_proxies") or ())
+    @hookimpl
+    def telemetry_configure(self, config: Any) -> None:
+        self.policy = ClientAddressPolicy(bool(config.get("receive.record_client_addr", False)),
+                                          config.get("receive.trusted_proxies") or ())
 
-
-@hookimpl
-def telemetry_receive_enrich(submission: Submission) -> None:
-    if _policy is not None and _policy.enabled and submission.client_addr is None:
-        submission.client_addr = _policy.client_addr(submission.peer,
-                                                     submission.headers.get("X-Forwarded-For"))
+    @hookimpl
+    def telemetry_receive_enrich(self, submission: Submission) -> None:
+        if self.policy.enabled and submission.client_addr is None:
+            submission.client_addr = self.policy.client_addr(submission.peer,
+                                                             submission.headers.get("X-Forwarded-For"))

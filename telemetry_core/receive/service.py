@@ -26,6 +26,7 @@ from urllib.parse import urlsplit
 import click
 
 from ..hookspecs import hookimpl
+from ..commands import EXIT_FAILED, config_options, fail, finish, load_engine, profile_option
 
 __all__ = ["telemetry_register_commands", "telemetry_services"]
 
@@ -39,7 +40,6 @@ def telemetry_services(engine: Any) -> list[Any]:
 
 @hookimpl
 def telemetry_register_commands(cli: click.Group) -> None:
-    from ..cli import EXIT_FAILED, config_options, fail, finish, load_engine, profile_option
 
     @cli.command()
     @config_options

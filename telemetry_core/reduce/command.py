@@ -21,6 +21,7 @@ from typing import Any
 import click
 
 from ..hookspecs import hookimpl
+from ..commands import EXIT_CONFIG, EXIT_FAILED, config_options, fail, finish, load_engine, profile_option
 
 
 def _human_bytes(size: float) -> str:
@@ -54,7 +55,6 @@ def summary_lines(stats: dict[str, Any]) -> list[str]:
 
 
 def make_command() -> click.Command:
-    from ..cli import EXIT_CONFIG, EXIT_FAILED, config_options, fail, finish, load_engine, profile_option
     from ..errors import ConfigError, TelemetryError
     from .filters import FilterError
     from .job import JobScriptError

@@ -404,6 +404,11 @@ def check_partition_files(work: Path, mappers: int, reducers: int) -> list[list[
     return found
 
 
+@hookimpl
+def telemetry_config_choices(key: str) -> list[str] | None:
+    return ["local"] if key == "reduce.executor" else None
+
+
 @hookimpl(trylast=True)
 def telemetry_reduce_executor(name: str, engine: Any) -> LocalExecutor | None:
     return LocalExecutor(engine) if name == "local" else None

@@ -277,6 +277,11 @@ def _translate(exc: BaseException) -> Exception:
     return ExecutorError(f"the Spark job failed: {python_error}")
 
 
+@hookimpl
+def telemetry_config_choices(key: str) -> list[str] | None:
+    return ["spark"] if key == "reduce.executor" else None
+
+
 @hookimpl(trylast=True)
 def telemetry_reduce_executor(name: str, engine: Any) -> SparkExecutor | None:
     return SparkExecutor(engine) if name == "spark" else None

@@ -112,6 +112,11 @@ class LocalArchive:
                 yield f"{prefix}{entry.name}/"
 
 
+@hookimpl
+def telemetry_config_choices(key: str) -> list[str] | None:
+    return ["local"] if key == "store.publish.backend" else None
+
+
 @hookimpl(trylast=True)
 def telemetry_store_publisher(engine: Any) -> LocalArchive | None:
     if engine.config.get("store.publish.backend") != "local":

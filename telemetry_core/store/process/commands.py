@@ -9,12 +9,12 @@ import os
 import signal
 import sys
 import threading
-from pathlib import Path
 from typing import Any
 
 import click
 
 from ...hookspecs import hookimpl
+from ...commands import EXIT_FAILED, config_options, fail, finish, load_engine, profile_option
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +90,6 @@ def telemetry_services(engine: Any) -> list[Any]:
 
 @hookimpl
 def telemetry_register_commands(cli: click.Group) -> None:
-    from ...cli import EXIT_FAILED, config_options, fail, finish, load_engine, profile_option
 
     @cli.command()
     @config_options

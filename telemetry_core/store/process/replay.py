@@ -52,6 +52,7 @@ from .state import InstanceLock, ProcessorLocked
 from .pending import PendingArea
 from ..spool.files import SpoolFileName, SpoolRecordError
 from ..spool.framing import encode_record_parts
+from ...commands import EXIT_CONFIG, EXIT_FAILED, config_options, fail, finish, load_engine
 
 log = logging.getLogger(__name__)
 
@@ -476,7 +477,6 @@ def release_parked_now(engine: Any, *, dry_run: bool) -> None:
 
 @hookimpl
 def telemetry_register_commands(cli: click.Group) -> None:
-    from ...cli import EXIT_CONFIG, EXIT_FAILED, config_options, fail, finish, load_engine
 
     @cli.command("replay")
     @config_options

@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ...atomic_files import fsync_directory, write_json_atomically
+from ...atomic_files import write_json_atomically
 from ...errors import TelemetryError
 
 PHASES = ("claimed", "processed", "compressed", "published")

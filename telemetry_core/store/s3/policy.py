@@ -26,6 +26,7 @@ import click
 
 from ...errors import ConfigError
 from ...hookspecs import hookimpl
+from ...commands import EXIT_FAILED, config_options, fail, load_engine
 
 #: Characters a dimension value (hence a data key) can start with; reserved areas start with ``_``.
 DATA_FIRST_CHARACTERS = string.ascii_letters + string.digits + ".+-"
@@ -229,7 +230,6 @@ def policy_for_config(config: Any) -> dict[str, Any]:
 
 @hookimpl
 def telemetry_register_commands(cli: click.Group) -> None:
-    from ...cli import EXIT_FAILED, config_options, fail, load_engine
 
     @cli.group()
     def policy() -> None:

@@ -585,6 +585,11 @@ def _describe(exc: BaseException) -> str:
 # --------------------------------------------------------------------------- plugin
 
 
+@hookimpl
+def telemetry_config_choices(key: str) -> list[str] | None:
+    return ["s3"] if key == "store.publish.backend" else None
+
+
 @hookimpl(trylast=True)
 def telemetry_store_publisher(engine: Any) -> S3Publisher | None:
     """The S3 publisher when ``store.publish.backend`` is ``s3`` (one per engine)."""

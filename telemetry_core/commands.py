@@ -1,0 +1,91 @@
+"""What a command needs, for the built-in commands and for plugins that add their own.
+
+A plugin's ``telemetry_register_commands(cli)`` builds click commands with
+these helpers (never with anything from :mod:`telemetry_core.cli`)::
+
+    from telemetry_core.commands import EXIT_FAILED, config_options, fail, finish, load_engine
+
+    @cli.command()
+    @config_options
+    def mycommand(config_path, overrides):
+        engine = load_engine(config_path, overrides)   # one-line errors, exit 2 or 3
+        ...
+        finish(engine, "mycommand")                    # shutdown hooks + metrics snapshot
+
+Exit codes: 0 success; :data:`EXIT_FAILED` (1) the command failed;
+:data:`EXIT_CONFIG` (2) bad usage or configuration; :data:`EXIT_PLUGIN` (3)
+a plugin failed to load.
+"""
+
+from __future__ import annotations
+
+import cProfile
+import functools
+import logging
+import sys
+from typing import Any, Callable
+
+import click
+
+from .engine import Engine
+from .errors import ConfigError, PluginLoadError
+from .metrics.stats import write_snapshot
+
+log = logging.getLogger(__name__)
+
+EXIT_FAILED, EXIT_CONFIG, EXIT_PLUGIN = 1, 2, 3
+
+
+def config_options(function: Callable[..., Any]) -> Callable[..., Any]:
+    """``--config FILE`` and repeated ``--set dotted.key=value``."""
+    function = click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+                            help="Override a config key (dotted path; the value is parsed as YAML). Repeatable.")(function)
+    return click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
+                        metavar="FILE", help="YAML config (default: built-in defaults).")(function)
+
+
+def profile_option(function: Callable[..., Any]) -> Callable[..., Any]:
+    """``--profile FILE``: write cProfile stats of the command to FILE."""
+    @click.option("--profile", "profile_path", type=click.Path(dir_okay=False), default=None, metavar="FILE",
+                  help="Write cProfile statistics of this command to FILE (read with python -m pstats).")
+    @functools.wraps(function)
+    def wrapper(*args: Any, profile_path: str | None, **kwargs: Any) -> Any:
+        if profile_path is None:
+            return function(*args, **kwargs)
+        profiler = cProfile.Profile()
+        profiler.enable()
+        try:
+            return function(*args, **kwargs)
+        finally:
+            profiler.disable()
+            profiler.dump_stats(profile_path)
+            log.info("profile written to %s", profile_path)
+    return wrapper
+
+
+def fail(message: str, code: int) -> None:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(code)
+
+
+def load_engine(config_path: str | None, overrides: tuple[str, ...]) -> Engine:
+    """Build the engine for a command, turning load errors into one-line exits."""
+    try:
+        return Engine.from_config(config_path, overrides)
+    except PluginLoadError as exc:
+        fail(str(exc), EXIT_PLUGIN)
+    except ConfigError as exc:
+        for line in str(exc).splitlines():
+            click.echo(f"error: {line}", err=True)
+        sys.exit(EXIT_CONFIG)
+    raise AssertionError("unreachable")
+
+
+def finish(engine: Engine, command: str) -> None:
+    """Shutdown hooks, then a metrics snapshot for ``telemetry metrics``."""
+    engine.shutdown(command=command)
+    if engine.config.get("metrics.snapshot"):
+        try:
+            write_snapshot(engine.config.data_dir / "metrics", command)
+        except OSError as exc:
+            log.warning("could not write the metrics snapshot: %s", exc)
