@@ -54,3 +54,18 @@ def test_docs_links_resolve():
     for doc in [REPO / "README.md", *DOCS.glob("*.md")]:
         for target in re.findall(r"\]\(([^)#:]+\.md)", doc.read_text()):
             assert (doc.parent / target).exists(), f"{doc.name} links to missing {target}"
+
+
+def test_the_module_map_names_every_module_once():
+    text = (DOCS / "architecture.md").read_text()
+    section = text[text.index("## Module map"):]
+    chunks = dict(re.findall(r"\*\*(?:`([a-z_]+)/`|Core)\*\*(.*?)(?=\n\*\*|\Z)", section, flags=re.S))
+    package = REPO / "telemetry_core"
+    for path in sorted(package.rglob("*.py")) + sorted(package.rglob("*.c")):
+        relative = path.relative_to(package)
+        if path.name == "__init__.py" and relative.parent != Path("."):
+            continue  # a package is named by its heading
+        chunk = chunks[relative.parts[0] if len(relative.parts) > 1 else ""]
+        inner = "/".join(relative.parts[1:]) or relative.name
+        count = len(re.findall(rf"`{re.escape(inner)}`", chunk)) or len(re.findall(rf"`{re.escape(path.name)}`", chunk))
+        assert count == 1, f"docs/architecture.md's module map names {relative} {count} times"

@@ -1,1 +1,5 @@
-"""Operations: doctor, retention."""
+"""Operations: doctor, retention.
+
+Built-in plugins ``ops.doctor`` (:mod:`.doctor`, ``telemetry doctor``) and
+``ops.retention`` (:mod:`.retention`, ``telemetry retention sweep``).
+"""
