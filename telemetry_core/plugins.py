@@ -48,7 +48,7 @@ log = logging.getLogger(__name__)
 DEFAULT_PLUGINS: tuple[tuple[str, str], ...] = (
     ("compress.codecs", "telemetry_core.compress.codecs_builtin"),
     ("compress.lzma", "telemetry_core.compress.lzma_alone"),
-    ("metrics.graphite", "telemetry_core.metrics.graphite"),
+    ("metrics.graphite", "telemetry_core.metrics.graphite:GraphitePlugin"),
     ("convert.histograms", "telemetry_core.convert.stage"),
     ("store.layout", "telemetry_core.store.layout"),
     ("store.local", "telemetry_core.store.local"),

@@ -46,7 +46,8 @@ def carbon():
 
 
 def test_pushes_periodically_and_at_shutdown(pm, make_engine, carbon):
-    pm.register(graphite)
+    plugin = graphite.GraphitePlugin()
+    pm.register(plugin)
     engine = make_engine(**{"metrics.graphite.port": carbon.port, "metrics.graphite.interval": 0.2,
                             "metrics.graphite.prefix": "tele", "node_id": "n.1"})
     engine.startup(command="serve")
@@ -67,7 +68,8 @@ def test_unreachable_graphite_is_a_warning_not_a_failure(pm, make_engine, caplog
     closed = socket.create_server(("127.0.0.1", 0))
     port = closed.getsockname()[1]
     closed.close()
-    pm.register(graphite)
+    plugin = graphite.GraphitePlugin()
+    pm.register(plugin)
     engine = make_engine(**{"metrics.graphite.port": port, "metrics.graphite.interval": 60})
     engine.startup(command="process")
     engine.shutdown(command="process")
@@ -76,10 +78,11 @@ def test_unreachable_graphite_is_a_warning_not_a_failure(pm, make_engine, caplog
 
 
 def test_off_by_default(pm, make_engine):
-    pm.register(graphite)
+    plugin = graphite.GraphitePlugin()
+    pm.register(plugin)
     engine = make_engine()
     engine.startup(command="run")
-    assert graphite.__name__ not in engine.state
+    assert plugin.pusher is None
     engine.shutdown(command="run")
 
 

@@ -80,21 +80,25 @@ class GraphitePusher:
         self.push()
 
 
-@hookimpl
-def telemetry_startup(engine: Any, command: str) -> None:
-    settings = engine.config.get("metrics.graphite")
-    if not settings:
-        return
-    pusher = GraphitePusher(settings["host"], settings["port"], settings["prefix"], engine.node_id,
-                            settings["interval"], worker=engine.worker)
-    pusher.start()
-    engine.state[__name__] = pusher
-    log.info("pushing metrics to graphite at %s:%d every %gs", settings["host"], settings["port"],
-             settings["interval"])
+class GraphitePlugin:
+    """The built-in ``metrics.graphite`` plugin: one pusher per engine, while a command runs."""
 
+    def __init__(self) -> None:
+        self.pusher: GraphitePusher | None = None
 
-@hookimpl
-def telemetry_shutdown(engine: Any, command: str) -> None:
-    pusher = engine.state.pop(__name__, None)
-    if pusher is not None:
-        pusher.stop()
+    @hookimpl
+    def telemetry_startup(self, engine: Any, command: str) -> None:
+        settings = engine.config.get("metrics.graphite")
+        if not settings:
+            return
+        self.pusher = GraphitePusher(settings["host"], settings["port"], settings["prefix"], engine.node_id,
+                                     settings["interval"], worker=engine.worker)
+        self.pusher.start()
+        log.info("pushing metrics to graphite at %s:%d every %gs", settings["host"], settings["port"],
+                 settings["interval"])
+
+    @hookimpl
+    def telemetry_shutdown(self, engine: Any, command: str) -> None:
+        pusher, self.pusher = self.pusher, None
+        if pusher is not None:
+            pusher.stop()
