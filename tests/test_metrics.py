@@ -12,9 +12,16 @@ import pytest
 from greplin import scales
 
 from telemetry_core import hookimpl
-from telemetry_core.metrics.stats import (LatencyStat, LiveLatency, percentile, prometheus_text, read_snapshots,
-                                    snapshot, status_json, write_snapshot)
+from telemetry_core.metrics.stats import (LatencyStat, LiveLatency, add_families, percentile, read_snapshots,
+                                          render_families, snapshot, status_json, write_snapshot)
 from telemetry_core.records import Rejection, Submission
+
+
+def exposition(tree):
+    """The Prometheus text of one stats tree, as ``/metrics`` and ``telemetry metrics`` build it."""
+    families = {}
+    add_families(families, tree, {})
+    return render_families(families)
 
 
 def submission(channel="release"):
@@ -124,7 +131,7 @@ def test_exported_percentiles_follow_new_calls(pm, make_engine):
     later = snapshot()["hooks"]["telemetry_receive_validate"]["latency"]
     assert later["count"] == 55
     assert later["99percentile"] >= 0.02 > fast_p99
-    text = prometheus_text()
+    text = exposition(snapshot())
     p99 = re.search(r'telemetry_hook_latency_seconds\{hook="telemetry_receive_validate",quantile="0.99"\} (\S+)', text)
     assert float(p99.group(1)) >= 0.02
 
@@ -233,7 +240,7 @@ def test_prometheus_exposition_is_well_formed(pm, make_engine):
     with pytest.raises(RuntimeError):
         engine.validate_submission(submission=submission("beta"))
     scales.collection('/edge', scales.IntStat('accepted')).accepted = 5
-    text = prometheus_text()
+    text = exposition(snapshot())
     families = parse_prometheus(text)
     assert families["telemetry_hook_calls_total"] == "counter"
     assert families["telemetry_hook_latency_seconds"] == "summary"
@@ -246,7 +253,7 @@ def test_prometheus_exposition_is_well_formed(pm, make_engine):
 
 def test_prometheus_labels_are_escaped():
     tree = {"hooks": {'we"ird\\hook\nname': {"calls": 1, "errors": 0, "latency": {"count": 0, "sum": 0}}}}
-    text = prometheus_text(tree)
+    text = exposition(tree)
     assert 'hook="we\\"ird\\\\hook\\nname"' in text
     parse_prometheus(text)
 

@@ -490,7 +490,6 @@ def test_server_errors_forever_give_a_clear_error_and_nothing_cached(
     assert "HTTP 500 after 2 retries" in message and "\n" not in message
     assert fake.count(path) == 3
     assert files_under(tmp_path / "cache") == []
-    assert not cache.is_known_missing(revision)
     with pytest.raises(HgwebError):
         cache.histograms_json(revision)
     assert fake.count(path) == 6  # errors are not cached: every call asks again
@@ -517,7 +516,6 @@ def test_not_found_is_cached_negatively_without_retries(hg: tuple[FakeHg, str], 
     assert json.loads(marker.read_text())["entries"][f"mozilla-central/{changeset}"]["at"] == clock.now
     assert not (tmp_path / "cache" / "mozilla-central").exists()
     other = make_cache(server, tmp_path / "cache", negative_ttl=60.0, clock=clock)
-    assert other.is_known_missing(Revision("mozilla-central", changeset))
     with pytest.raises(RevisionNotFoundError):
         other.histograms_json(Revision("mozilla-central", changeset))
     assert fake.count(path) == 1
@@ -636,14 +634,20 @@ def test_memory_layer_is_a_bounded_lru(tmp_path: Path) -> None:
     for version in (23, 24, 25):
         write_bytes_atomically(seed / "projects" / "cedar" / f"{version:012x}" / "Histograms.json", fixture_bytes(version))
     cache = RevisionCache(None, tmp_path / "cache", (seed,), memory_size=2)
-    for version in (23, 24, 25):
+    def read(version: int) -> None:
         cache.histograms_json(Revision("projects/cedar", f"{version:012x}"))
-    assert cache.memory_keys() == [("projects/cedar", f"{24:012x}"), ("projects/cedar", f"{25:012x}")]
-    cache.histograms_json(Revision("projects/cedar", f"{24:012x}"))  # now most recently used
+
+    for version in (23, 24, 25):
+        read(version)
+    assert cache.stats.seed_hits == 3
+    read(24)  # still in memory, and now the most recently used
     assert cache.stats.memory_hits == 1
-    cache.histograms_json(Revision("projects/cedar", f"{23:012x}"))  # evicted earlier: read again
+    read(23)  # evicted when 25 came: read again, evicting 25, the least recently used
     assert cache.stats.seed_hits == 4
-    assert cache.memory_keys() == [("projects/cedar", f"{24:012x}"), ("projects/cedar", f"{23:012x}")]
+    read(24)
+    assert cache.stats.memory_hits == 2
+    read(25)
+    assert cache.stats.seed_hits == 5
 
 
 def test_a_corrupt_disk_file_is_ignored_and_replaced(hg: tuple[FakeHg, str], tmp_path: Path) -> None:

@@ -13,8 +13,6 @@ from urllib.parse import urlparse
 from .options import Option, Section
 
 NODE_ID_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}"
-#: Plugin names (built-in module names, entry-point names) as they may appear in YAML.
-PLUGIN_NAME_PATTERN = r"[A-Za-z0-9_.:-]{1,200}"
 
 
 def _http_url(value: str) -> str | None:

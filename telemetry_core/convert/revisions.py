@@ -542,23 +542,6 @@ class RevisionCache:
         self._remember(key, data)
         return data
 
-    def is_known_missing(self, revision: Revision | str) -> bool:
-        """Whether a 404 for ``revision`` is remembered and younger than ``negative_ttl``."""
-        return self._not_found_since(as_revision(revision)) is not None
-
-    def forget(self, revision: Revision | str) -> None:
-        """Drop ``revision`` from memory (positive and negative); disk stays."""
-        revision = as_revision(revision)
-        key = (revision.repo_path, revision.cache_key)
-        with self._lock:
-            self._memory.pop(key, None)
-            self._not_found.pop(key, None)
-
-    def memory_keys(self) -> list[tuple[str, str]]:
-        """``(repo path, changeset key)`` of the revisions in memory, least recently used first."""
-        with self._lock:
-            return list(self._memory)
-
     def close(self) -> None:
         """Close the HTTP connections (the caches stay usable)."""
         if self.client is not None:

@@ -10,10 +10,11 @@
   stack because hooks call hooks (and asyncio tasks interleave).  It also
   counts calls and errors per participating plugin under
   ``/plugins/<plugin>/<hook>``, attributing errors to the plugin that raised.
-* Exporters: :func:`status_json` (the scales JSON status format, served at
-  ``/status``), :func:`prometheus_text` (text exposition 0.0.4, served at
-  ``/metrics``), :func:`flatten` (for Graphite) and snapshots written by
-  one-shot commands for ``telemetry metrics``.
+* Exporters: :func:`status_json` (the scales JSON status format),
+  :func:`add_families` and :func:`render_families` (Prometheus text
+  exposition 0.0.4, of one or several stats trees: ``/metrics`` and
+  ``telemetry metrics --format prometheus``), :func:`flatten` (for Graphite)
+  and snapshots written by one-shot commands for ``telemetry metrics``.
 """
 
 from __future__ import annotations
@@ -327,22 +328,6 @@ def _number(value: float) -> str:
     return repr(float(value)) if not float(value).is_integer() else str(int(value))
 
 
-def prometheus_text(tree: dict[str, Any] | None = None, labels: dict[str, str] | None = None) -> str:
-    """Prometheus text exposition (format 0.0.4) of every stat.
-
-    Hook metrics become ``telemetry_hook_calls_total``,
-    ``telemetry_hook_errors_total`` and the summary
-    ``telemetry_hook_latency_seconds`` labelled by ``hook``; per plugin,
-    ``telemetry_plugin_hook_calls_total`` and ``telemetry_plugin_hook_errors_total``
-    labelled by ``plugin`` and ``hook``; every other numeric stat
-    becomes an untyped sample named after its path.  ``labels`` are added to
-    every sample.
-    """
-    families: dict[str, Family] = {}
-    add_families(families, snapshot() if tree is None else tree, labels or {})
-    return render_families(families)
-
-
 class Family:
     """One metric family: its type, help line and samples ``(name, labels, value)``."""
 
@@ -353,7 +338,15 @@ class Family:
 
 
 def add_families(families: dict[str, Family], tree: dict[str, Any], labels: dict[str, str]) -> None:
-    """Add the samples of one stats tree to ``families`` (several trees may share families)."""
+    """Add the samples of one stats tree to ``families`` (several trees may share families).
+
+    Hook metrics become ``telemetry_hook_calls_total``,
+    ``telemetry_hook_errors_total`` and the summary
+    ``telemetry_hook_latency_seconds`` labelled by ``hook``; per plugin,
+    ``telemetry_plugin_hook_calls_total`` and ``telemetry_plugin_hook_errors_total``
+    labelled by ``plugin`` and ``hook``; every other numeric stat becomes an
+    untyped sample named after its path.  ``labels`` are added to every sample.
+    """
     hooks = tree.get(HOOKS_PATH.strip("/"), {})
     plugins = tree.get(PLUGINS_PATH.strip("/"), {})
     _call_families(families, "telemetry_hook",
