@@ -72,6 +72,28 @@ def test_errors_are_attributed_to_the_plugin_that_raised(pm, make_engine):
     assert plugins["fine"]["telemetry_receive_validate"].get("errors", 0) == 0
 
 
+def test_an_error_is_charged_to_the_instance_that_raised_when_instances_share_a_class(pm, make_engine):
+    class Picky:
+        def __init__(self, refuse):
+            self.refuse = refuse
+
+        @hookimpl
+        def telemetry_receive_validate(self, submission):
+            if submission.dims["appUpdateChannel"] == self.refuse:
+                raise RuntimeError(f"{self.refuse} refused")
+
+    pm.register(Picky("beta"), name="refuses_beta")  # called second
+    pm.register(Picky("aurora"), name="refuses_aurora")  # called first
+    engine = make_engine()
+    with pytest.raises(RuntimeError, match="beta refused"):
+        engine.validate_submission(submission=submission("beta"))
+    with pytest.raises(RuntimeError, match="aurora refused"):
+        engine.validate_submission(submission=submission("aurora"))
+    plugins = snapshot()["plugins"]
+    assert plugins["refuses_aurora"]["telemetry_receive_validate"] == {"calls": 2, "errors": 1}
+    assert plugins["refuses_beta"]["telemetry_receive_validate"] == {"calls": 1, "errors": 1}
+
+
 def test_plugins_registered_any_way_are_counted_and_pick_one_hooks_count_what_certainly_ran(pm, make_engine):
     class Paths:
         def __init__(self, answer):

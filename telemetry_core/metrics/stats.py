@@ -28,7 +28,7 @@ import time
 from collections import UserDict, deque
 from pathlib import Path
 from threading import get_ident
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 from greplin import scales
 
@@ -238,14 +238,17 @@ class _PluginCalls:
       when a "pick one" hook with several candidates got an answer: pluggy
       does not say which candidate answered, so only the first one, which
       certainly ran, counts a call;
-    * a call that raised is attributed to the implementation whose frame is
-      the deepest in the traceback (an implementation that called another hook
-      that raised is not deeper than that hook's own implementation); it and
-      every implementation called before it count a call, it counts an error.
-      An exception from a wrapper or from pluggy itself is counted per hook only.
+    * a call that raised is attributed to the implementation of this hook whose
+      frame is the deepest in the traceback (frames of other hooks'
+      implementations are not looked at, so a plugin that called another hook
+      that raised is charged here, and that hook's plugin there); it and every
+      implementation called before it count a call, it counts an error.  When
+      several registered instances share one method, the frame's ``self``
+      tells them apart.  An exception from a wrapper or from pluggy itself is
+      counted per hook only.
     """
 
-    __slots__ = ("hook", "impls", "calls", "errors", "codes", "ambiguous")
+    __slots__ = ("hook", "impls", "calls", "errors", "owners", "ambiguous")
 
     def __init__(self, hook_name: str, hook_impls: list[Any], hook: CallStats) -> None:
         self.hook = hook  # the hook's own stats, kept here to save a look-up per call
@@ -254,14 +257,21 @@ class _PluginCalls:
         stats = [plugin_call_stats(f"{PLUGINS_PATH}/{impl.plugin_name}/{hook_name}") for impl in in_call_order]
         self.calls: list[Count] = [s.calls for s in stats]
         self.errors: list[Count] = [s.errors for s in stats]
-        self.codes = {_code_of(impl.function): position for position, impl in enumerate(in_call_order)}
+        #: code object -> [(the bound ``self`` or None, position in call order)]
+        self.owners: dict[Any, list[tuple[Any, int]]] = {}
+        for position, impl in enumerate(in_call_order):
+            function = impl.function
+            code = getattr(getattr(function, "__func__", function), "__code__", None)
+            self.owners.setdefault(code, []).append((getattr(function, "__self__", None), position))
         self.ambiguous = len(in_call_order) > 1 and is_first_result(hook_name)
 
     def failed(self, exception: BaseException) -> None:
         raiser = None
         tb = exception.__traceback__
         while tb is not None:
-            raiser = self.codes.get(tb.tb_frame.f_code, raiser)
+            owners = self.owners.get(tb.tb_frame.f_code)
+            if owners is not None:
+                raiser = _owner_position(owners, tb.tb_frame)
             tb = tb.tb_next
         if raiser is None:
             return
@@ -276,8 +286,14 @@ def is_first_result(hook_name: str) -> bool:
     return bool(spec and spec.get("firstresult"))
 
 
-def _code_of(function: Callable[..., Any]) -> Any:
-    return getattr(getattr(function, "__func__", function), "__code__", None)
+def _owner_position(owners: list[tuple[Any, int]], frame: Any) -> int:
+    """Which of the implementations sharing ``frame``'s code ran in it (the first one if unsure)."""
+    if len(owners) > 1:
+        bound = frame.f_locals.get("self")
+        for owner, position in owners:
+            if owner is bound:
+                return position
+    return owners[0][1]
 
 
 # --------------------------------------------------------------------------- exporters
