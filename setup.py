@@ -57,7 +57,10 @@ setup(
     },
     # The compiled fast path of histogram conversion.  Optional: without a C
     # compiler the package installs and converts the same records in pure
-    # Python, about 3x slower (`telemetry doctor` says which one is in use).
+    # Python; a record then takes about 1.4x as long end to end (parse,
+    # convert, serialize: `python` against `convert` in benchmarks/convert.py,
+    # docs/convert.md), i.e. about 25% fewer records/s.  `telemetry doctor`
+    # says which one is in use.
     ext_modules=[Extension("telemetry_core.convert._speedups", ["telemetry_core/convert/_speedups.c"],
                            optional=True, extra_compile_args=["-O2"])],
     entry_points={"console_scripts": ["telemetry = telemetry_core.cli:main"]},

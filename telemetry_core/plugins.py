@@ -36,7 +36,7 @@ import pluggy
 
 from . import __version__, hookspecs
 from .errors import ConfigError, PluginLoadError
-from .metrics.stats import HookCallMonitor, counter_stats, time_plugin_hooks
+from .metrics.stats import HookCallMonitor, counter_stats
 
 log = logging.getLogger(__name__)
 
@@ -249,7 +249,6 @@ class _Loader:
         except Exception as exc:  # noqa: BLE001 - PluginValidationError, ValueError (name taken) ...
             self._broken(info, exc)
             return
-        time_plugin_hooks(self.pm, plugin, info.name)
         info.plugin = plugin
         self.infos.append(info)
         self.stats.loaded += 1

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from telemetry_core.config.loader import MAX_CONFIG_BYTES, REDACTED, load_config, parse_override, read_config, validate
+from telemetry_core.config.loader import MAX_CONFIG_BYTES, REDACTED, parse_override, read_config, validate
 from telemetry_core.config.keys import CORE_SCHEMA
 from telemetry_core.errors import ConfigError
 from telemetry_core.config.options import Option, Section, walk_options
@@ -28,7 +28,7 @@ def error_of(path, overrides=(), environ=None, sections=None):
 
 
 def test_shipped_default_config_is_valid_and_local_only():
-    config = load_config(REPO / "plugins.yaml")
+    config = validate(read_config(REPO / "plugins.yaml"))
     assert config.get("store.publish.backend") == "local"
     assert config.get("dedup.backend") == "sqlite"
     assert config.get("compress.codec") == "xz"
@@ -38,7 +38,7 @@ def test_shipped_default_config_is_valid_and_local_only():
 
 
 def test_no_file_gives_every_default():
-    config = load_config(None)
+    config = validate(read_config(None))
     for key, spec in walk_options(CORE_SCHEMA):
         if isinstance(spec, Option) and spec.kind != "path" and not key.startswith("metrics.graphite."):
             assert config.get(key) == spec.default, key
@@ -127,7 +127,7 @@ def test_top_level_must_be_a_mapping(tmp_path):
 
 
 def test_empty_file_means_defaults(tmp_path):
-    assert load_config(write(tmp_path, "")).get("receive.port") == 8080
+    assert validate(read_config(write(tmp_path, ""))).get("receive.port") == 8080
 
 
 def test_oversized_and_binary_files(tmp_path):
@@ -161,7 +161,7 @@ def test_environment_variables_expand_and_become_secrets(tmp_path):
 
 
 def test_secret_options_are_redacted_even_when_written_in_clear(tmp_path):
-    config = load_config(write(tmp_path, "dedup: {redis_url: 'redis://:pw@h/0'}\n"))
+    config = validate(read_config(write(tmp_path, "dedup: {redis_url: 'redis://:pw@h/0'}\n")))
     assert config.redacted()["dedup"]["redis_url"] == REDACTED
     assert config.get("dedup.redis_url") == "redis://:pw@h/0"
 
@@ -204,8 +204,8 @@ def test_override_paths_are_relative_to_the_working_directory(tmp_path, monkeypa
     sub.mkdir()
     path = write(sub, "data_dir: ./from-file\n")
     monkeypatch.chdir(tmp_path)
-    assert load_config(path)["data_dir"] == str(sub / "from-file")
-    assert load_config(path, ["data_dir=./from-cli"])["data_dir"] == str(tmp_path / "from-cli")
+    assert validate(read_config(path))["data_dir"] == str(sub / "from-file")
+    assert validate(read_config(path, ["data_dir=./from-cli"]))["data_dir"] == str(tmp_path / "from-cli")
 
 
 def test_plugin_sections(tmp_path):

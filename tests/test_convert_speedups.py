@@ -262,6 +262,21 @@ def test_reference_counts_are_exact(fixture_ping, specs) -> None:
     assert end_zero == before_zero and end_marker == before_marker     # rewriting holds its own references
 
 
+def test_rows_stay_tracked_so_a_cycle_user_code_makes_through_one_is_collected(fixture_ping, specs) -> None:
+    """Rows are lists handed to plugins and jobs; one that holds a container can be part of a cycle."""
+    spec = warmed(next(iter(specs.values())), fixture_ping)
+    converted, _ = compiled_histograms(copy.deepcopy(fixture_ping["histograms"]), spec.cached_indexes)
+    rows = [row for row in converted.values() if row is not None]
+    assert rows and all(gc.is_tracked(row) for row in rows)
+    holder = Kept()
+    holder.row = rows[0]
+    rows[0].append(holder)  # holder -> row -> holder
+    gone = weakref.ref(holder)
+    del holder, rows, converted
+    gc.collect()
+    assert gone() is None
+
+
 def test_converting_many_times_does_not_grow_memory(fixture_ping, specs) -> None:
     spec = warmed(next(iter(specs.values())), fixture_ping)
     bad = ping({"E": exponential_entry({"1": 4, "7": 1})})

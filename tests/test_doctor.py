@@ -23,7 +23,7 @@ from dedup_helpers import RedisServer
 from s3_helpers import (bucket, dead_endpoint, fake_aws_credentials, fault_proxy, moto_endpoint,  # noqa: F401
                         s3_client)
 from telemetry_core.cli import cli
-from telemetry_core.config.loader import load_config
+from telemetry_core.config.loader import read_config, validate
 from telemetry_core.store.s3.policy import apply_lifecycle, policy_for_config
 from telemetry_core.store.spool.files import SpoolFileName
 
@@ -110,7 +110,7 @@ def line(output: str, name: str) -> str:
 def apply_policies(config: dict[str, Any], tmp_path: Path, client: Any, bucket_name: str) -> None:
     path = tmp_path / "apply.yaml"
     path.write_text(yaml.safe_dump(config))
-    loaded = load_config(path)
+    loaded = validate(read_config(path))
     apply_lifecycle(client, bucket_name, "", loaded["retention"])
     if config["store"]["publish"].get("writer_principals"):
         client.put_bucket_policy(Bucket=bucket_name, Policy=json.dumps(policy_for_config(loaded)))
@@ -309,7 +309,7 @@ def test_s3_lifecycle_differing_from_the_config_fails(tmp_path, node, moto_endpo
 
 def test_s3_bucket_policy_missing_fails(tmp_path, node, moto_endpoint, s3_client, bucket):
     config = s3_node(node, moto_endpoint, bucket, writer_principals=[NODE_ARN])
-    apply_lifecycle(s3_client, bucket, "", load_config(None)["retention"])
+    apply_lifecycle(s3_client, bucket, "", validate(read_config(None))["retention"])
     code, output = doctor(tmp_path, config)
     assert code == 1
     assert "has no bucket policy" in line(output, "s3 bucket policy") and "--bucket-policy" in output

@@ -12,10 +12,16 @@ import pytest
 from greplin import scales
 
 from telemetry_core import hookimpl
-from telemetry_core.metrics.stats import (LatencyStat, LiveLatency, percentile, prometheus_text, read_snapshots,
-                                    snapshot, status_json, write_snapshot)
-from telemetry_core.plugins import time_plugin_hooks
+from telemetry_core.metrics.stats import (LatencyStat, LiveLatency, add_families, percentile, read_snapshots,
+                                          render_families, snapshot, status_json, write_snapshot)
 from telemetry_core.records import Rejection, Submission
+
+
+def exposition(tree):
+    """The Prometheus text of one stats tree, as ``/metrics`` and ``telemetry metrics`` build it."""
+    families = {}
+    add_families(families, tree, {})
+    return render_families(families)
 
 
 def submission(channel="release"):
@@ -34,13 +40,8 @@ class Slow:
         return None
 
 
-def register_timed(pm, plugin, name):
-    pm.register(plugin, name=name)
-    time_plugin_hooks(pm, plugin, name)
-
-
-def test_calls_errors_and_latency_per_hook_and_per_plugin(pm, make_engine):
-    register_timed(pm, Slow(0.002), "slow")
+def test_calls_errors_and_latency_per_hook_calls_and_errors_per_plugin(pm, make_engine):
+    pm.register(Slow(0.002), name="slow")
     engine = make_engine()
     for _ in range(3):
         engine.validate_submission(submission=submission())
@@ -61,8 +62,8 @@ def test_errors_are_attributed_to_the_plugin_that_raised(pm, make_engine):
         def telemetry_receive_validate(self, submission):
             return None
 
-    register_timed(pm, Fine(), "fine")
-    register_timed(pm, Slow(0), "crashy")  # registered last: called first, raises
+    pm.register(Fine(), name="fine")
+    pm.register(Slow(0), name="crashy")  # registered last: called first, raises
     engine = make_engine()
     with pytest.raises(RuntimeError):
         engine.validate_submission(submission=submission("beta"))
@@ -71,10 +72,77 @@ def test_errors_are_attributed_to_the_plugin_that_raised(pm, make_engine):
     assert plugins["fine"]["telemetry_receive_validate"].get("errors", 0) == 0
 
 
+def test_an_error_is_charged_to_the_instance_that_raised_when_instances_share_a_class(pm, make_engine):
+    class Picky:
+        def __init__(self, refuse):
+            self.refuse = refuse
+
+        @hookimpl
+        def telemetry_receive_validate(self, submission):
+            if submission.dims["appUpdateChannel"] == self.refuse:
+                raise RuntimeError(f"{self.refuse} refused")
+
+    pm.register(Picky("beta"), name="refuses_beta")  # called second
+    pm.register(Picky("aurora"), name="refuses_aurora")  # called first
+    engine = make_engine()
+    with pytest.raises(RuntimeError, match="beta refused"):
+        engine.validate_submission(submission=submission("beta"))
+    with pytest.raises(RuntimeError, match="aurora refused"):
+        engine.validate_submission(submission=submission("aurora"))
+    plugins = snapshot()["plugins"]
+    assert plugins["refuses_aurora"]["telemetry_receive_validate"] == {"calls": 2, "errors": 1}
+    assert plugins["refuses_beta"]["telemetry_receive_validate"] == {"calls": 1, "errors": 1}
+
+
+def test_plugins_registered_any_way_are_counted_and_pick_one_hooks_count_what_certainly_ran(pm, make_engine):
+    class Paths:
+        def __init__(self, answer):
+            self.answer = answer
+
+        @hookimpl
+        def telemetry_receive_parse_path(self, path):
+            return self.answer if path.startswith("/submit") else None
+
+    class Fallback:
+        @hookimpl(trylast=True)
+        def telemetry_receive_parse_path(self, path):
+            return Rejection(404, "unknown_path", "fallback")
+
+    engine = make_engine(Paths(Rejection(400, "mine", "answered first")), Fallback())  # pm.register, no _Loader
+    engine.parse_path(path="/submit/x")  # answered by the first candidate; the fallback never ran
+    engine.parse_path(path="/other")  # the first candidate said None, the fallback answered
+    plugins = snapshot()["plugins"]
+    names = {type(p).__name__: pm.get_name(p) for p in pm.get_plugins()}
+    first = plugins[names["Paths"]]["telemetry_receive_parse_path"]
+    fallback = plugins[names["Fallback"]]["telemetry_receive_parse_path"]
+    assert first["calls"] == 2  # it ran both times
+    assert fallback["calls"] == 0  # pluggy does not say who answered: only what certainly ran is counted
+
+
+def test_an_error_in_a_nested_hook_call_is_attributed_in_both_hooks(pm, make_engine):
+    class Outer:
+        engine = None
+
+        @hookimpl
+        def telemetry_receive_enrich(self, submission):
+            self.engine.validate_submission(submission=submission)
+
+    outer = Outer()
+    pm.register(outer, name="outer")
+    pm.register(Slow(0), name="inner")
+    engine = make_engine()
+    outer.engine = engine
+    with pytest.raises(RuntimeError):
+        engine.enrich(submission=submission("beta"))
+    plugins = snapshot()["plugins"]
+    assert plugins["outer"]["telemetry_receive_enrich"] == {"calls": 1, "errors": 1}
+    assert plugins["inner"]["telemetry_receive_validate"] == {"calls": 1, "errors": 1}
+
+
 def test_exported_percentiles_follow_new_calls(pm, make_engine):
     """scales' PmfStat would keep showing the first refresh for 20 s; ours follow every read."""
     slow = Slow(0.0)
-    register_timed(pm, slow, "slow")
+    pm.register(slow, name="slow")
     engine = make_engine()
     for _ in range(5):
         engine.validate_submission(submission=submission())
@@ -85,7 +153,7 @@ def test_exported_percentiles_follow_new_calls(pm, make_engine):
     later = snapshot()["hooks"]["telemetry_receive_validate"]["latency"]
     assert later["count"] == 55
     assert later["99percentile"] >= 0.02 > fast_p99
-    text = prometheus_text()
+    text = exposition(snapshot())
     p99 = re.search(r'telemetry_hook_latency_seconds\{hook="telemetry_receive_validate",quantile="0.99"\} (\S+)', text)
     assert float(p99.group(1)) >= 0.02
 
@@ -188,13 +256,13 @@ def parse_prometheus(text):
 
 
 def test_prometheus_exposition_is_well_formed(pm, make_engine):
-    register_timed(pm, Slow(0), "slow")
+    pm.register(Slow(0), name="slow")
     engine = make_engine()
     engine.validate_submission(submission=submission())
     with pytest.raises(RuntimeError):
         engine.validate_submission(submission=submission("beta"))
     scales.collection('/edge', scales.IntStat('accepted')).accepted = 5
-    text = prometheus_text()
+    text = exposition(snapshot())
     families = parse_prometheus(text)
     assert families["telemetry_hook_calls_total"] == "counter"
     assert families["telemetry_hook_latency_seconds"] == "summary"
@@ -207,7 +275,7 @@ def test_prometheus_exposition_is_well_formed(pm, make_engine):
 
 def test_prometheus_labels_are_escaped():
     tree = {"hooks": {'we"ird\\hook\nname': {"calls": 1, "errors": 0, "latency": {"count": 0, "sum": 0}}}}
-    text = prometheus_text(tree)
+    text = exposition(tree)
     assert 'hook="we\\"ird\\\\hook\\nname"' in text
     parse_prometheus(text)
 

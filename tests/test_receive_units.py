@@ -9,7 +9,7 @@ import zlib
 import pytest
 
 from telemetry_core.compress import bounded_gzip
-from telemetry_core.config.loader import load_config
+from telemetry_core.config.loader import read_config, validate
 from telemetry_core.receive.app import decode_submission_path
 from telemetry_core.receive.batch import split_batch
 from telemetry_core.receive.node_metrics import merge_trees
@@ -133,8 +133,8 @@ def test_spool_writer_from_config(make_engine):
 
 def test_receive_config_is_checked():
     with pytest.raises(ConfigError, match="receive.trusted_proxies: 'proxy.example' is not an IP address"):
-        load_config(None, ["receive.trusted_proxies=[proxy.example]"])
+        validate(read_config(None, ["receive.trusted_proxies=[proxy.example]"]))
     with pytest.raises(ConfigError, match="receive.spool.fsync"):
-        load_config(None, ["receive.spool.fsync=sometimes"])
+        validate(read_config(None, ["receive.spool.fsync=sometimes"]))
     with pytest.raises(ConfigError, match="receive.max_body_bytes: 20000000 is too large"):
-        load_config(None, ["receive.max_body_bytes=20000000"])
+        validate(read_config(None, ["receive.max_body_bytes=20000000"]))

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from telemetry_core.config.loader import load_config
+from telemetry_core.config.loader import read_config, validate
 from telemetry_core.ops.retention import retention_areas, sweep
 
 DAY = 86400
@@ -74,8 +74,8 @@ def data_dir(tmp_path: Path) -> Path:
 
 
 def config_for(data_dir: Path, *overrides: str):
-    return load_config(None, [f"data_dir={data_dir}", "retention.spool_processed_days=7",
-                              "retention.failed_days=30", "retention.invalid_days=30", *overrides])
+    return validate(read_config(None, [f"data_dir={data_dir}", "retention.spool_processed_days=7",
+                              "retention.failed_days=30", "retention.invalid_days=30", *overrides]))
 
 
 def test_local_backend_deletes_what_is_old_in_each_area_and_nothing_else(data_dir):

@@ -26,12 +26,13 @@ from urllib.parse import urlsplit, parse_qs
 
 import pytest
 
+from telemetry_core.atomic_files import write_bytes_atomically
 from telemetry_core.errors import RecordError
 from telemetry_core.convert.history import (HistogramsHistory, SpecResolver, build_time, parse_hgweb_changeset,
                                              parse_hgweb_filelog, repository_for_channel)
 from telemetry_core.convert.revisions import (DEFAULT_SEED_DIR, HISTOGRAMS_JSON_PATH, HgwebError, InvalidHgwebResponse,
                                       Revision, RevisionCache, RevisionNotFoundError, inside, parse_histograms_json,
-                                      parse_revision, revision_cache_from_options, write_atomically)
+                                      parse_revision, revision_cache_from_options)
 
 FIXTURES = Path(__file__).parent / "fixtures"
 AURORA = {
@@ -489,7 +490,6 @@ def test_server_errors_forever_give_a_clear_error_and_nothing_cached(
     assert "HTTP 500 after 2 retries" in message and "\n" not in message
     assert fake.count(path) == 3
     assert files_under(tmp_path / "cache") == []
-    assert not cache.is_known_missing(revision)
     with pytest.raises(HgwebError):
         cache.histograms_json(revision)
     assert fake.count(path) == 6  # errors are not cached: every call asks again
@@ -516,7 +516,6 @@ def test_not_found_is_cached_negatively_without_retries(hg: tuple[FakeHg, str], 
     assert json.loads(marker.read_text())["entries"][f"mozilla-central/{changeset}"]["at"] == clock.now
     assert not (tmp_path / "cache" / "mozilla-central").exists()
     other = make_cache(server, tmp_path / "cache", negative_ttl=60.0, clock=clock)
-    assert other.is_known_missing(Revision("mozilla-central", changeset))
     with pytest.raises(RevisionNotFoundError):
         other.histograms_json(Revision("mozilla-central", changeset))
     assert fake.count(path) == 1
@@ -633,23 +632,29 @@ def test_cache_from_options_uses_the_packaged_seed(tmp_path: Path) -> None:
 def test_memory_layer_is_a_bounded_lru(tmp_path: Path) -> None:
     seed = tmp_path / "seed"
     for version in (23, 24, 25):
-        write_atomically(seed / "projects" / "cedar" / f"{version:012x}" / "Histograms.json", fixture_bytes(version))
+        write_bytes_atomically(seed / "projects" / "cedar" / f"{version:012x}" / "Histograms.json", fixture_bytes(version))
     cache = RevisionCache(None, tmp_path / "cache", (seed,), memory_size=2)
-    for version in (23, 24, 25):
+    def read(version: int) -> None:
         cache.histograms_json(Revision("projects/cedar", f"{version:012x}"))
-    assert cache.memory_keys() == [("projects/cedar", f"{24:012x}"), ("projects/cedar", f"{25:012x}")]
-    cache.histograms_json(Revision("projects/cedar", f"{24:012x}"))  # now most recently used
+
+    for version in (23, 24, 25):
+        read(version)
+    assert cache.stats.seed_hits == 3
+    read(24)  # still in memory, and now the most recently used
     assert cache.stats.memory_hits == 1
-    cache.histograms_json(Revision("projects/cedar", f"{23:012x}"))  # evicted earlier: read again
+    read(23)  # evicted when 25 came: read again, evicting 25, the least recently used
     assert cache.stats.seed_hits == 4
-    assert cache.memory_keys() == [("projects/cedar", f"{24:012x}"), ("projects/cedar", f"{23:012x}")]
+    read(24)
+    assert cache.stats.memory_hits == 2
+    read(25)
+    assert cache.stats.seed_hits == 5
 
 
 def test_a_corrupt_disk_file_is_ignored_and_replaced(hg: tuple[FakeHg, str], tmp_path: Path) -> None:
     fake, server = hg
     c01 = central(0)
     stored = tmp_path / "cache" / "mozilla-central" / c01.node[:12] / "Histograms.json"
-    write_atomically(stored, b'{"torn": ')
+    write_bytes_atomically(stored, b'{"torn": ')
     cache = make_cache(server, tmp_path / "cache")
     assert cache.histograms_json(Revision("mozilla-central", c01.node[:12])) == json.loads(fixture_bytes(23))
     assert cache.stats.corrupt_files == 1
@@ -710,7 +715,7 @@ def test_two_processes_fill_the_same_cache_concurrently(hg: tuple[FakeHg, str], 
 def _rewrite_in_a_process(path: str, rounds: int) -> None:
     bodies = [fixture_bytes(23), fixture_bytes(25)]
     for round_number in range(rounds):
-        write_atomically(Path(path), bodies[round_number % 2])
+        write_bytes_atomically(Path(path), bodies[round_number % 2])
 
 
 def _read_in_a_process(path: str, seconds: float, results: Any) -> None:
@@ -727,7 +732,7 @@ def _read_in_a_process(path: str, seconds: float, results: Any) -> None:
 
 def test_readers_never_see_a_partial_file_while_another_process_rewrites_it(tmp_path: Path) -> None:
     path = tmp_path / "cache" / "mozilla-central" / "abcdef012345" / "Histograms.json"
-    write_atomically(path, fixture_bytes(24))
+    write_bytes_atomically(path, fixture_bytes(24))
     context = multiprocessing.get_context("spawn")
     results = context.Queue()
     reader = context.Process(target=_read_in_a_process, args=(str(path), 1.5, results))

@@ -56,13 +56,27 @@ def test_server_down_is_a_publish_error_after_retries(bucket, local_file):
 
 def test_a_few_500s_are_retried_to_success(fault_proxy, bucket, s3_client, local_file):
     local, data = local_file
-    fault = fault_proxy.arm("status", status=500, times=4)
+    fault = fault_proxy.arm("status", status=500, times=2)  # retries: 2, so the third attempt of HEAD succeeds
     publisher = make_publisher(fault_proxy.url, bucket)
 
     published = publisher.publish(local, KEY, checksum=sha256_of(local))
 
-    assert fault.hits == 4
+    assert fault.hits == 2 and publisher.stats.retries == 2
     assert published.size == len(data) and stored(s3_client, bucket) == data
+
+
+def test_a_request_is_made_retries_plus_one_times_in_all(fault_proxy, bucket, s3_client, local_file):
+    """One retry policy: botocore does not retry underneath ours, and the publish is not redone on top."""
+    local, data = local_file
+    fault_proxy.arm("status", status=503, times=10_000, match=is_part_upload)
+    publisher = make_publisher(fault_proxy.url, bucket)  # retries: 2
+    with pytest.raises(PublishError, match="uploading part 1 .* failed after 3 attempts"):
+        publisher.publish(local, KEY, checksum=sha256_of(local))
+    seen = [(r.method, is_part_upload(r.method, r.path)) for r in fault_proxy.requests]
+    assert seen.count(("PUT", True)) == 3  # the first part, three times; no other part, no second publish
+    assert seen.count(("HEAD", False)) == 1 and seen.count(("POST", False)) == 1  # one lookup, one upload begun
+    assert publisher.stats.retries == 2 and publisher.stats.failures == 1
+    assert_nothing_left_behind(s3_client, bucket, local, data)
 
 
 def test_500s_that_do_not_stop_end_in_publish_error_and_no_object(fault_proxy, bucket, s3_client, local_file):

@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from s3_helpers import bucket, fake_aws_credentials, moto_endpoint, s3_client  # noqa: F401
-from telemetry_core.config.loader import load_config
+from telemetry_core.config.loader import read_config, validate
 from telemetry_core.errors import ConfigError
 from telemetry_core.store.s3.policy import (DATA_FIRST_CHARACTERS, bucket_policy, default_encryption, lifecycle_rules,
                                       merge_rules)
@@ -282,10 +282,10 @@ def test_policy_apply_puts_the_bucket_policy_and_default_encryption(tmp_path, mo
 
 
 def test_config_keys_have_defaults_and_validate(tmp_path):
-    config = load_config(None, [f"data_dir={tmp_path}"])
+    config = validate(read_config(None, [f"data_dir={tmp_path}"]))
     assert config.get("retention.glacier_after_days") == 90
     assert config.get("store.publish.part_size_mb") == 16
     with pytest.raises(ConfigError, match="part_size_mb"):
-        load_config(None, ["store.publish.part_size_mb=1"])
+        validate(read_config(None, ["store.publish.part_size_mb=1"]))
     with pytest.raises(ConfigError, match="encryption"):
-        load_config(None, ["store.publish.encryption=rot13"])
+        validate(read_config(None, ["store.publish.encryption=rot13"]))

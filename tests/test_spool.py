@@ -612,7 +612,7 @@ def test_an_unusable_spool_dir_is_a_one_line_error(tmp_path: Path) -> None:
 def sync_calls(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
     """Count the real sync calls the spool module makes (they still happen)."""
     calls = {"file": 0, "directory": 0}
-    real_file, real_directory = spool_module._sync_file, spool_module._sync_directory
+    real_file, real_directory = spool_module._sync_file, spool_module.fsync_directory
 
     def sync_file(fd: int) -> None:
         calls["file"] += 1
@@ -623,7 +623,7 @@ def sync_calls(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
         real_directory(directory)
 
     monkeypatch.setattr(spool_module, "_sync_file", sync_file)
-    monkeypatch.setattr(spool_module, "_sync_directory", sync_directory)
+    monkeypatch.setattr(spool_module, "fsync_directory", sync_directory)
     return calls
 
 

@@ -13,8 +13,6 @@ from urllib.parse import urlparse
 from .options import Option, Section
 
 NODE_ID_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}"
-#: Plugin names (built-in module names, entry-point names) as they may appear in YAML.
-PLUGIN_NAME_PATTERN = r"[A-Za-z0-9_.:-]{1,200}"
 
 
 def _http_url(value: str) -> str | None:
@@ -199,7 +197,7 @@ CORE_SCHEMA = Section(
                                        help="S3 uploads are multipart in parts of this many MiB (a smaller file "
                                             "is one part); AWS needs at least 5"),
                 "retries": Option("int", 4, minimum=0, maximum=20,
-                                  help="Retries of each S3 request, and of a whole publish, with back-off"),
+                                  help="Retries of each S3 request, with back-off (the only retries: botocore's are off)"),
                 "connect_timeout": Option("float", 10.0, minimum=0.1,
                                           help="Seconds to wait for a connection to the S3 endpoint"),
                 "read_timeout": Option("float", 60.0, minimum=0.1,

@@ -390,9 +390,3 @@ def _resolve_path(option: Option, value: Any, raw: RawConfig, key: str) -> Any:
         return value
     base = Path.cwd() if _covered(key, raw.set_keys) else raw.base_dir
     return str((base / os.path.expanduser(value)).resolve())
-
-
-def load_config(path: str | os.PathLike[str] | None, overrides: Iterable[str] = (),
-                plugin_sections: dict[str, Section] | None = None) -> Config:
-    """Read and validate in one step (for callers that load no plugins of their own)."""
-    return validate(read_config(path, overrides), plugin_sections)

@@ -208,29 +208,19 @@ histogram_row(PyObject *histogram, PyObject *index)
     if (row == NULL) {
         goto done;
     }
-    /* One reference count update for all n zeros: n increments of the same
-     * counter in a row form a dependency chain that cost more than the rest
-     * of the row. */
-    Py_SET_REFCNT(int_zero, Py_REFCNT(int_zero) + n);
-    PyObject **items = ((PyListObject *)row)->ob_item;
+    /* Every slot holds a reference of its own, taken through the API. */
     for (Py_ssize_t i = 0; i < n; i++) {
-        items[i] = int_zero;
+        PyList_SET_ITEM(row, i, Py_NewRef(int_zero));
     }
     PyList_SET_ITEM(row, n, Py_NewRef(total));
     PyList_SET_ITEM(row, n + 1, Py_NewRef(log_shape ? first : int_minus_one));
     PyList_SET_ITEM(row, n + 2, Py_NewRef(log_shape ? second : int_minus_one));
     PyList_SET_ITEM(row, n + 3, Py_NewRef(log_shape ? int_minus_one : first));
     PyList_SET_ITEM(row, n + 4, Py_NewRef(log_shape ? int_minus_one : second));
+    /* The row stays tracked by the cyclic GC: it is a list handed to plugins
+     * and jobs, which may put containers into it and so make a cycle. */
     if (!fill_counts(row, n, values, (const long long *)PyBytes_AS_STRING(packed))) {
         Py_CLEAR(row);
-    }
-    else {
-        /* A row holds only ints and floats, so it can never be part of a
-         * reference cycle: keep it out of the cyclic GC's work (CPython does
-         * the same for tuples and dicts of atomic values).  A converted
-         * payload has hundreds of rows; tracking them made the collector
-         * walk every bucket of every row several times. */
-        PyObject_GC_UnTrack(row);
     }
 done:
     for (int i = 0; i < 4; i++) {

@@ -30,13 +30,11 @@ pings without a revision) is in :mod:`telemetry_core.convert.history`.
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import json
 import logging
 import os
 import re
-import tempfile
 import threading
 import time
 from collections import OrderedDict
@@ -50,6 +48,7 @@ from urllib3.exceptions import ConnectTimeoutError, MaxRetryError, NewConnection
 from urllib3.util.retry import Retry
 
 from .. import __version__
+from ..atomic_files import write_bytes_atomically
 from ..errors import RecordError, TelemetryError
 
 log = logging.getLogger(__name__)
@@ -260,39 +259,6 @@ def histograms_json_problem(data: object) -> str | None:
 
 
 # --------------------------------------------------------------------------- files
-
-
-def write_atomically(path: Path, data: bytes) -> None:
-    """Replace ``path`` with ``data`` so that readers see the old or the new
-    file, never a partial one: write a temporary file in the same directory,
-    fsync it, :func:`os.replace` it over ``path``, fsync the directory."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(descriptor, "wb") as handle:
-            os.fchmod(handle.fileno(), 0o644)
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temporary)
-        raise
-    _fsync_directory(path.parent)
-
-
-def _fsync_directory(directory: Path) -> None:
-    try:
-        descriptor = os.open(directory, os.O_RDONLY)
-    except OSError:  # some platforms cannot open directories; the data is fsynced anyway
-        return
-    try:
-        # Unsupported on some file systems; the rename is atomic either way, only its durability differs.
-        with contextlib.suppress(OSError):
-            os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
 
 
 def read_bytes_if_exists(path: Path) -> bytes | None:
@@ -576,23 +542,6 @@ class RevisionCache:
         self._remember(key, data)
         return data
 
-    def is_known_missing(self, revision: Revision | str) -> bool:
-        """Whether a 404 for ``revision`` is remembered and younger than ``negative_ttl``."""
-        return self._not_found_since(as_revision(revision)) is not None
-
-    def forget(self, revision: Revision | str) -> None:
-        """Drop ``revision`` from memory (positive and negative); disk stays."""
-        revision = as_revision(revision)
-        key = (revision.repo_path, revision.cache_key)
-        with self._lock:
-            self._memory.pop(key, None)
-            self._not_found.pop(key, None)
-
-    def memory_keys(self) -> list[tuple[str, str]]:
-        """``(repo path, changeset key)`` of the revisions in memory, least recently used first."""
-        with self._lock:
-            return list(self._memory)
-
     def close(self) -> None:
         """Close the HTTP connections (the caches stay usable)."""
         if self.client is not None:
@@ -739,7 +688,7 @@ class RevisionCache:
         full, permissions) log it, count ``disk_write_failures`` and go on
         without it: the answer is still good, only not shared."""
         try:
-            write_atomically(path, body)
+            write_bytes_atomically(path, body)
         except OSError as error:
             self.stats.add("disk_write_failures")
             log.warning("could not write %s (%s); continuing without the disk cache for it", path, error)

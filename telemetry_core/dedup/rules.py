@@ -54,8 +54,6 @@ SUPERSEDED_EARLIER = "superseded_earlier"
 DUPLICATE = "duplicate"
 STALE = "stale"
 NOT_APPLICABLE = "not_applicable"
-#: Every outcome a decision can have.
-OUTCOMES = (KEPT, SUPERSEDED_EARLIER, DUPLICATE, STALE, NOT_APPLICABLE)
 
 #: States of a stored record (a content) in ``Decision.changes`` and in the ledger.
 SUPERSEDED = "superseded"

@@ -7,14 +7,14 @@
 * :class:`HookCallMonitor` is installed once per plugin manager by the engine
   (``pm.add_hookcall_monitoring``); it records, per hook, calls, errors and
   latency under ``/hooks/<hook>``.  Start times live on a ``contextvars``
-  stack because hooks call hooks (and asyncio tasks interleave).
-  :func:`time_plugin_hooks` adds the same three numbers per participating
-  plugin under ``/plugins/<plugin>/<hook>``, attributing errors to the plugin
-  that raised.
-* Exporters: :func:`status_json` (the scales JSON status format, served at
-  ``/status``), :func:`prometheus_text` (text exposition 0.0.4, served at
-  ``/metrics``), :func:`flatten` (for Graphite) and snapshots written by
-  one-shot commands for ``telemetry metrics``.
+  stack because hooks call hooks (and asyncio tasks interleave).  It also
+  counts calls and errors per participating plugin under
+  ``/plugins/<plugin>/<hook>``, attributing errors to the plugin that raised.
+* Exporters: :func:`status_json` (the scales JSON status format),
+  :func:`add_families` and :func:`render_families` (Prometheus text
+  exposition 0.0.4, of one or several stats trees: ``/metrics`` and
+  ``telemetry metrics --format prometheus``), :func:`flatten` (for Graphite)
+  and snapshots written by one-shot commands for ``telemetry metrics``.
 """
 
 from __future__ import annotations
@@ -28,10 +28,11 @@ import time
 from collections import UserDict, deque
 from pathlib import Path
 from threading import get_ident
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 from greplin import scales
 
+from .. import hookspecs
 from ..atomic_files import write_json_atomically
 
 HOOKS_PATH = "/hooks"
@@ -163,13 +164,28 @@ def call_stats(path: str) -> CallStats:
     return CallStats(path)
 
 
+def plugin_call_stats(path: str) -> Any:
+    """A scales collection of ``calls`` and ``errors`` :class:`Count` s (one plugin's implementation of a hook)."""
+    return scales.collection(path, CountStat("calls"), CountStat("errors"))
+
+
 def counter_stats(path: str, *names: str) -> Any:
     """A scales collection of integer counters (for stages to count things)."""
     return scales.collection(path, *(scales.IntStat(name) for name in names))
 
 
 class HookCallMonitor:
-    """Records calls, errors and latency of every hook call into scales."""
+    """Records calls, errors and latency of every hook call into scales, and
+    calls and errors of every participating plugin's implementation.
+
+    Per hook, under ``/hooks/<hook>``: ``calls``, ``errors`` and ``latency``.
+    Per plugin, under ``/plugins/<plugin>/<hook>``: ``calls`` and ``errors``,
+    worked out after the call from what pluggy hands every monitor (the
+    implementations, in call order, and the outcome); see :class:`_PluginCalls`.
+    Per-plugin latency is not measured: pluggy has no per-implementation
+    callback, and wrapping ``HookImpl.function`` (declared ``Final``) is not
+    supported (docs/metrics.md gives the measurements).
+    """
 
     def __init__(self) -> None:
         # One list of start times per context and thread, pushed and popped in place
@@ -180,6 +196,7 @@ class HookCallMonitor:
         # an ``await``.
         self._starts: contextvars.ContextVar[list[float]] = contextvars.ContextVar("telemetry_hook_starts")
         self._stats: dict[str, Any] = {}
+        self._plugins: dict[str, _PluginCalls] = {}
 
     def stats_for(self, hook_name: str) -> CallStats:
         stats = self._stats.get(hook_name)
@@ -196,41 +213,87 @@ class HookCallMonitor:
 
     def after(self, outcome: Any, hook_name: str, hook_impls: list[Any], kwargs: dict[str, Any]) -> None:
         elapsed = time.perf_counter() - self._starts.get().pop()
-        stats = self._stats.get(hook_name) or self.stats_for(hook_name)
-        stats.record(elapsed, outcome.exception is not None)
+        exception = outcome.exception
+        plugins = self._plugins.get(hook_name)
+        if plugins is None or plugins.impls != hook_impls:
+            plugins = self._plugins[hook_name] = _PluginCalls(hook_name, hook_impls, self.stats_for(hook_name))
+        plugins.hook.record(elapsed, exception is not None)
+        if exception is not None:
+            plugins.failed(exception)
+        elif plugins.ambiguous and outcome.get_result() is not None:
+            plugins.calls[0].value += 1  # only the first candidate is known to have run
+        else:
+            for count in plugins.calls:
+                count.value += 1
 
 
-def time_plugin_hooks(pm: Any, plugin: Any, plugin_name: str) -> None:
-    """Wrap each (non-wrapper) hook implementation of ``plugin`` so that its
-    calls, errors and latency are recorded under ``/plugins/<name>/<hook>``.
+class _PluginCalls:
+    """Per-plugin counters of one hook, for one set of implementations.
 
-    Uses only public pluggy API: ``get_hookcallers`` and ``HookImpl.function``.
+    pluggy calls the plain (non-wrapper) implementations in reverse list
+    order; a fan-out hook runs every one of them, a "pick one" hook stops at
+    the first non-None answer, and an exception stops the call.  So:
+
+    * a call that succeeded counts a call for every implementation, except
+      when a "pick one" hook with several candidates got an answer: pluggy
+      does not say which candidate answered, so only the first one, which
+      certainly ran, counts a call;
+    * a call that raised is attributed to the implementation of this hook whose
+      frame is the deepest in the traceback (frames of other hooks'
+      implementations are not looked at, so a plugin that called another hook
+      that raised is charged here, and that hook's plugin there); it and every
+      implementation called before it count a call, it counts an error.  When
+      several registered instances share one method, the frame's ``self``
+      tells them apart.  An exception from a wrapper or from pluggy itself is
+      counted per hook only.
     """
-    for caller in pm.get_hookcallers(plugin) or ():
-        for impl in caller.get_hookimpls():
-            if impl.plugin is not plugin or impl.wrapper or impl.hookwrapper:
-                continue
-            impl.function = _timed(impl.function, f"{PLUGINS_PATH}/{plugin_name}/{caller.name}")
+
+    __slots__ = ("hook", "impls", "calls", "errors", "owners", "ambiguous")
+
+    def __init__(self, hook_name: str, hook_impls: list[Any], hook: CallStats) -> None:
+        self.hook = hook  # the hook's own stats, kept here to save a look-up per call
+        self.impls = list(hook_impls)
+        in_call_order = [impl for impl in reversed(self.impls) if not (impl.wrapper or impl.hookwrapper)]
+        stats = [plugin_call_stats(f"{PLUGINS_PATH}/{impl.plugin_name}/{hook_name}") for impl in in_call_order]
+        self.calls: list[Count] = [s.calls for s in stats]
+        self.errors: list[Count] = [s.errors for s in stats]
+        #: code object -> [(the bound ``self`` or None, position in call order)]
+        self.owners: dict[Any, list[tuple[Any, int]]] = {}
+        for position, impl in enumerate(in_call_order):
+            function = impl.function
+            code = getattr(getattr(function, "__func__", function), "__code__", None)
+            self.owners.setdefault(code, []).append((getattr(function, "__self__", None), position))
+        self.ambiguous = len(in_call_order) > 1 and is_first_result(hook_name)
+
+    def failed(self, exception: BaseException) -> None:
+        raiser = None
+        tb = exception.__traceback__
+        while tb is not None:
+            owners = self.owners.get(tb.tb_frame.f_code)
+            if owners is not None:
+                raiser = _owner_position(owners, tb.tb_frame)
+            tb = tb.tb_next
+        if raiser is None:
+            return
+        self.errors[raiser].value += 1
+        for count in self.calls[:raiser + 1]:
+            count.value += 1
 
 
-def _timed(function: Callable[..., Any], path: str) -> Callable[..., Any]:
-    stats = call_stats(path)
-    calls, errors, latency = stats.calls, stats.errors, stats.latency
-    clock = time.perf_counter
+def is_first_result(hook_name: str) -> bool:
+    """Whether ``hook_name`` is a "pick one" (``firstresult``) hook of :mod:`telemetry_core.hookspecs`."""
+    spec = getattr(getattr(hookspecs, hook_name, None), f"{hookspecs.PROJECT_NAME}_spec", None)
+    return bool(spec and spec.get("firstresult"))
 
-    def timed_hookimpl(*args: Any) -> Any:
-        start = clock()
-        try:
-            return function(*args)
-        except BaseException:
-            errors.value += 1
-            raise
-        finally:
-            calls.value += 1
-            latency.addValue(clock() - start)
 
-    timed_hookimpl.__wrapped__ = function  # type: ignore[attr-defined]
-    return timed_hookimpl
+def _owner_position(owners: list[tuple[Any, int]], frame: Any) -> int:
+    """Which of the implementations sharing ``frame``'s code ran in it (the first one if unsure)."""
+    if len(owners) > 1:
+        bound = frame.f_locals.get("self")
+        for owner, position in owners:
+            if owner is bound:
+                return position
+    return owners[0][1]
 
 
 # --------------------------------------------------------------------------- exporters
@@ -281,21 +344,6 @@ def _number(value: float) -> str:
     return repr(float(value)) if not float(value).is_integer() else str(int(value))
 
 
-def prometheus_text(tree: dict[str, Any] | None = None, labels: dict[str, str] | None = None) -> str:
-    """Prometheus text exposition (format 0.0.4) of every stat.
-
-    Hook metrics become ``telemetry_hook_calls_total``,
-    ``telemetry_hook_errors_total`` and the summary
-    ``telemetry_hook_latency_seconds`` labelled by ``hook`` (and ``plugin``
-    for the ``telemetry_plugin_hook_*`` families); every other numeric stat
-    becomes an untyped sample named after its path.  ``labels`` are added to
-    every sample.
-    """
-    families: dict[str, Family] = {}
-    add_families(families, snapshot() if tree is None else tree, labels or {})
-    return render_families(families)
-
-
 class Family:
     """One metric family: its type, help line and samples ``(name, labels, value)``."""
 
@@ -306,7 +354,15 @@ class Family:
 
 
 def add_families(families: dict[str, Family], tree: dict[str, Any], labels: dict[str, str]) -> None:
-    """Add the samples of one stats tree to ``families`` (several trees may share families)."""
+    """Add the samples of one stats tree to ``families`` (several trees may share families).
+
+    Hook metrics become ``telemetry_hook_calls_total``,
+    ``telemetry_hook_errors_total`` and the summary
+    ``telemetry_hook_latency_seconds`` labelled by ``hook``; per plugin,
+    ``telemetry_plugin_hook_calls_total`` and ``telemetry_plugin_hook_errors_total``
+    labelled by ``plugin`` and ``hook``; every other numeric stat becomes an
+    untyped sample named after its path.  ``labels`` are added to every sample.
+    """
     hooks = tree.get(HOOKS_PATH.strip("/"), {})
     plugins = tree.get(PLUGINS_PATH.strip("/"), {})
     _call_families(families, "telemetry_hook",
@@ -339,12 +395,14 @@ def _call_families(families: dict[str, Family], family: str,
         return
     calls = families.setdefault(f"{family}_calls_total", Family("counter", "Hook calls, including failed ones."))
     errors = families.setdefault(f"{family}_errors_total", Family("counter", "Hook calls that raised."))
-    latency = families.setdefault(f"{family}_latency_seconds", Family(
-        "summary", f"Hook call latency in seconds (quantiles over the last {WINDOW} calls)."))
+    latency_family = Family("summary", f"Hook call latency in seconds (quantiles over the last {WINDOW} calls).")
     for labels, stats in entries:
         calls.samples.append((f"{family}_calls_total", labels, stats.get("calls", 0)))
         errors.samples.append((f"{family}_errors_total", labels, stats.get("errors", 0)))
-        distribution = stats.get("latency", {})
+        distribution = stats.get("latency")
+        if distribution is None:  # per-plugin stats count calls and errors only
+            continue
+        latency = families.setdefault(f"{family}_latency_seconds", latency_family)
         for key, quantile in QUANTILES:
             if key in distribution:
                 latency.samples.append((f"{family}_latency_seconds", {**labels, "quantile": str(quantile)},

@@ -30,7 +30,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 import time
 from collections import Counter
 from pathlib import Path
@@ -38,6 +37,7 @@ from typing import Any, Callable
 
 from greplin import scales
 
+from ..atomic_files import write_json_atomically
 from ..metrics.stats import Family, LatencyStat, add_families, render_families, snapshot
 from ..store.spool.files import process_alive
 
@@ -121,15 +121,7 @@ def snapshot_path(directory: Path, node_id: str, member: str) -> Path:
 
 def write_document(path: Path, document: dict[str, Any]) -> None:
     """Atomically replace ``path`` with ``document`` as JSON (not synced: metrics, not data)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=".edge-", suffix=".json")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            json.dump(document, handle, sort_keys=True)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    write_json_atomically(path, document, durable=False)
 
 
 def _pid_alive(pid: Any) -> bool:

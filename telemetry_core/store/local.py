@@ -13,11 +13,10 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-import tempfile
 from pathlib import Path, PurePosixPath
 from typing import IO, Any, Iterator
 
-from ..atomic_files import fsync_directory
+from ..atomic_files import fsync_directory, temporary_file
 from ..hookspecs import hookimpl
 from ..interfaces import PublishConflict, PublishedFile, PublishError, StoredObject
 
@@ -57,22 +56,18 @@ class LocalArchive:
         target.parent.mkdir(parents=True, exist_ok=True)
         if target.exists():
             return self._existing(target, key, checksum)
-        fd, temporary = tempfile.mkstemp(dir=target.parent, prefix=".publish-")
-        try:
-            with os.fdopen(fd, "wb") as out, open(local_path, "rb") as source:
-                shutil.copyfileobj(source, out, CHUNK)
-                out.flush()
-                os.fsync(out.fileno())
+        with temporary_file(target.parent, target.name) as (out, temporary), open(local_path, "rb") as source:
+            shutil.copyfileobj(source, out, CHUNK)
+            out.flush()
+            os.fsync(out.fileno())
             written = sha256_of(temporary)
             if written != checksum:
                 raise PublishError(f"checksum mismatch publishing {key}: source {checksum}, written {written}")
             try:
-                os.link(temporary, target)
+                os.link(temporary, target)  # never replaces: a key is written once
             except FileExistsError:
                 return self._existing(target, key, checksum)
-            fsync_directory(target.parent)
-        finally:
-            Path(temporary).unlink(missing_ok=True)
+        fsync_directory(target.parent)
         return PublishedFile(key=key, size=target.stat().st_size, checksum=checksum, url=target.as_uri())
 
     def _existing(self, target: Path, key: str, checksum: str) -> PublishedFile:

@@ -23,9 +23,16 @@ How a publish is made safe (docs/operations/s3.md explains it for operators):
 * **Verified after upload**: the stored object's size, ETag (the MD5 of the
   part MD5s, ``-N``), SHA-256 (composite of the part SHA-256s, when the
   server reports it) and ``x-amz-meta-sha256`` must match the local file.
-* **Retries**: botocore retries each request (standard mode: connection
-  errors, timeouts, 5xx) and the publish as a whole is retried with
-  exponential back-off and jitter; then :class:`PublishError` is raised.
+* **Retries, one policy**: each request is made at most ``retries + 1``
+  times, by :meth:`S3Publisher._with_retries` (exponential back-off with
+  jitter, counted and logged) on connection errors, timeouts, 5xx, throttling
+  and integrity failures (a part whose ETag or checksum does not match is a
+  failed attempt of that request).  botocore's own retries are off
+  (``total_max_attempts: 1``), and a publish is not retried as a whole: when the
+  completion is refused because the key exists now (412, or ``NoSuchUpload``
+  after a completion whose answer was lost), the key is looked up again and
+  judged like any existing key.  Then :class:`PublishError` is raised and the
+  processor tries the file again on a later pass.
 """
 
 from __future__ import annotations
@@ -57,12 +64,13 @@ log = logging.getLogger(__name__)
 SHA256_METADATA = "sha256"
 #: Largest part count S3 accepts in one multipart upload.
 MAX_PARTS = 10_000
-#: Error codes worth another attempt of the whole publish (besides 5xx and connection errors).
+#: Error codes worth another attempt of the same request (besides 5xx and connection errors).
 RETRYABLE_CODES = frozenset({
-    "RequestTimeout", "RequestTimeoutException", "SlowDown", "InternalError", "ServiceUnavailable",
-    "PreconditionFailed", "ConditionalRequestConflict", "NoSuchUpload", "InvalidPart", "BadDigest",
-    "InvalidDigest", "XAmzContentSHA256Mismatch", "IncompleteBody",
+    "RequestTimeout", "RequestTimeoutException", "SlowDown", "Throttling", "InternalError", "ServiceUnavailable",
+    "ConditionalRequestConflict", "BadDigest", "InvalidDigest", "XAmzContentSHA256Mismatch", "IncompleteBody",
 })
+#: Answers to a conditional write (``If-None-Match: *``) meaning the key exists now: look it up again.
+KEY_NOW_EXISTS_CODES = frozenset({"PreconditionFailed", "NoSuchUpload"})
 _BUCKET_NAME = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
 _STATE_KEY = __name__
 
@@ -87,9 +95,10 @@ class S3Settings:
     """Everything an :class:`S3Publisher` needs, usually read from ``store.publish``.
 
     ``prefix`` is normalized to ``""`` or a string ending in ``/``.
-    ``part_size`` is in bytes; ``backoff`` is the first pause of the
-    publisher's own retry loop in seconds (it doubles, with jitter, up to
-    ``max_backoff``); ``page_size`` is the ``MaxKeys`` of each listing request.
+    ``part_size`` is in bytes; ``retries`` is how many times a failed request
+    is made again; ``backoff`` is the first pause before that in seconds (it
+    doubles, with jitter, up to ``max_backoff``); ``page_size`` is the
+    ``MaxKeys`` of each listing request.
     """
 
     bucket: str
@@ -149,10 +158,11 @@ def normalize_prefix(prefix: str) -> str:
 
 
 def make_client(settings: S3Settings) -> Any:
-    """A boto3 S3 client for ``settings``: standard-mode retries, the configured timeouts,
-    path-style addressing when an endpoint is given (MinIO, moto, other S3 API servers)."""
+    """A boto3 S3 client for ``settings``: the configured timeouts, path-style addressing when an
+    endpoint is given (MinIO, moto, other S3 API servers), and no retries of botocore's own: the
+    publisher retries each request itself (``settings.retries``), so attempts never multiply."""
     config = BotoConfig(
-        retries={"mode": "standard", "max_attempts": settings.retries + 1},
+        retries={"mode": "standard", "total_max_attempts": 1},
         connect_timeout=settings.connect_timeout, read_timeout=settings.read_timeout,
         s3={"addressing_style": "path" if settings.endpoint_url else "auto"},
         user_agent_extra="telemetry-core")
@@ -218,37 +228,45 @@ class S3Publisher:
             raise PublishError(f"{local_path} needs {len(digest.parts)} parts of {self.settings.part_size} bytes; "
                                f"S3 allows {MAX_PARTS}: raise store.publish.part_size_mb")
         url = f"s3://{self.bucket}/{full_key}"
-
-        def attempt() -> PublishedFile:
-            existing = self._stat(full_key)
-            if existing is None:
-                self._upload(local_path, full_key, digest)
+        existing = self._lookup(full_key)
+        if existing is None:
+            if self._upload(local_path, full_key, digest):
                 self._verify_stored(full_key, digest)
                 self.stats.published += 1
                 self.stats.bytes_uploaded += digest.size
                 log.info("published %s (%d bytes, %s)", url, digest.size, checksum)
-            else:
-                self._check_existing(existing, full_key, digest)
-                self.stats.already_published += 1
-                log.info("%s was already published with the same bytes", url)
-            return PublishedFile(key=key, size=digest.size, checksum=checksum, url=url)
+                return PublishedFile(key=key, size=digest.size, checksum=checksum, url=url)
+            existing = self._lookup(full_key)
+            if existing is None:
+                self.stats.failures += 1
+                raise PublishError(f"the upload of {url} was refused at completion but the key is absent; "
+                                   f"nothing local was deleted, retry later")
+        self._check_existing(existing, full_key, digest)
+        self.stats.already_published += 1
+        log.info("%s was already published with the same bytes", url)
+        return PublishedFile(key=key, size=digest.size, checksum=checksum, url=url)
 
-        return self._with_retries(f"publishing {key} to {self.uri}", attempt)
+    def _lookup(self, full_key: str) -> ObjectInfo | None:
+        return self._with_retries(f"looking up s3://{self.bucket}/{full_key}", lambda: self._stat(full_key))
 
-    def _upload(self, local_path: str, full_key: str, digest: FileDigest) -> None:
+    def _upload(self, local_path: str, full_key: str, digest: FileDigest) -> bool:
         """One multipart upload, completed only with verified parts and ``If-None-Match: *``
-        (an empty file, which has nothing to corrupt, is one conditional PutObject)."""
+        (an empty file, which has nothing to corrupt, is one conditional PutObject).
+
+        Returns False when the write was refused because the key exists now: someone else
+        wrote it, or an earlier attempt of the completion went through and its answer was lost.
+        """
+        url = f"s3://{self.bucket}/{full_key}"
         if digest.size == 0:
-            self.client.put_object(
+            return self._with_retries(f"uploading {url}", lambda: _unless_key_exists(lambda: self.client.put_object(
                 Bucket=self.bucket, Key=full_key, Body=b"", IfNoneMatch="*", ContentMD5=b64(hashlib.md5().digest()),
                 ChecksumAlgorithm="SHA256", ChecksumSHA256=digest.sha256_b64,
                 Metadata={SHA256_METADATA: digest.sha256}, ContentType="application/octet-stream",
-                **self._encryption_args())
-            return
-        created = self.client.create_multipart_upload(
+                **self._encryption_args()))) is not None
+        created = self._with_retries(f"starting the upload of {url}", lambda: self.client.create_multipart_upload(
             Bucket=self.bucket, Key=full_key, ChecksumAlgorithm="SHA256",
             Metadata={SHA256_METADATA: digest.sha256}, ContentType="application/octet-stream",
-            **self._encryption_args())
+            **self._encryption_args()))
         upload_id = created["UploadId"]
         completed = False
         try:
@@ -260,24 +278,32 @@ class S3Publisher:
                     if len(body) != part.length or hashlib.md5(body).digest() != part.md5:
                         raise PublishError(f"{local_path} changed while it was being published; not published")
                     parts.append(self._upload_part(full_key, upload_id, number, body, part))
-            response = self.client.complete_multipart_upload(
-                Bucket=self.bucket, Key=full_key, UploadId=upload_id, IfNoneMatch="*",
-                MultipartUpload={"Parts": parts})
+            response = self._with_retries(f"completing the upload of {url}", lambda: _unless_key_exists(
+                lambda: self.client.complete_multipart_upload(
+                    Bucket=self.bucket, Key=full_key, UploadId=upload_id, IfNoneMatch="*",
+                    MultipartUpload={"Parts": parts})))
             completed = True
         finally:
             if not completed:
                 self._abort(full_key, upload_id)
+        if response is None:
+            self._abort(full_key, upload_id)  # refused: the upload may still be open (gone after NoSuchUpload)
+            return False
         etag = (response.get("ETag") or "").strip('"')
         if self.settings.etag_is_md5 and etag and etag != digest.multipart_etag():
             raise StoredObjectMismatch(f"s3://{self.bucket}/{full_key} was stored with ETag {etag}, expected "
                                        f"{digest.multipart_etag()}; it was not overwritten: inspect it before "
                                        f"deleting it by hand")
+        return True
 
     def _upload_part(self, full_key: str, upload_id: str, number: int, body: bytes,
                      part: PartDigest) -> dict[str, Any]:
-        """Upload one part until the server's ETag/checksum of it match ours (up to ``retries`` resends)."""
+        """Upload one part; a part whose ETag/checksum in the answer do not match ours is a failed
+        attempt of the request (:class:`ChecksumMismatch`), sent again like any other."""
         sha_b64, md5_hex = b64(part.sha256), part.md5.hex()
-        for resend in range(self.settings.retries + 1):
+        url = f"s3://{self.bucket}/{full_key}"
+
+        def send() -> dict[str, Any]:
             response = self.client.upload_part(
                 Bucket=self.bucket, Key=full_key, UploadId=upload_id, PartNumber=number, Body=body,
                 ContentMD5=b64(part.md5), ChecksumAlgorithm="SHA256", ChecksumSHA256=sha_b64)
@@ -288,23 +314,24 @@ class S3Publisher:
                 problems.append(f"SHA-256 {stored_sha} instead of {sha_b64}")
             if self.settings.etag_is_md5 and etag != md5_hex:
                 problems.append(f"MD5 {etag} instead of {md5_hex}")
-            if not problems:
-                return {"PartNumber": number, "ETag": response["ETag"], "ChecksumSHA256": sha_b64}
-            self.stats.part_mismatches += 1
-            log.warning("part %d of s3://%s/%s arrived corrupted (%s); sending it again",
-                        number, self.bucket, full_key, ", ".join(problems))
-            self._sleep(self._backoff(resend))
-        raise ChecksumMismatch(f"part {number} of s3://{self.bucket}/{full_key} kept arriving corrupted")
+            if problems:
+                self.stats.part_mismatches += 1
+                raise ChecksumMismatch(f"part {number} of {url} arrived corrupted ({', '.join(problems)})")
+            return {"PartNumber": number, "ETag": response["ETag"], "ChecksumSHA256": sha_b64}
+
+        return self._with_retries(f"uploading part {number} of {url}", send)
 
     def _abort(self, full_key: str, upload_id: str) -> None:
         try:
             self.client.abort_multipart_upload(Bucket=self.bucket, Key=full_key, UploadId=upload_id)
         except (ClientError, BotoCoreError) as exc:
+            if isinstance(exc, ClientError) and _code(exc) == "NoSuchUpload":
+                return  # completed after all (its answer was lost), or already aborted
             # the lifecycle rule AbortIncompleteMultipartUpload cleans up what this misses
             log.warning("could not abort the unfinished upload of s3://%s/%s: %s", self.bucket, full_key, exc)
 
     def _verify_stored(self, full_key: str, digest: FileDigest) -> None:
-        info = self._stat(full_key)
+        info = self._lookup(full_key)
         if info is None:
             raise PublishError(f"s3://{self.bucket}/{full_key} is missing right after its upload completed")
         verdict = same_content(info, digest, etag_is_md5=self.settings.etag_is_md5)
@@ -345,8 +372,7 @@ class S3Publisher:
 
     def exists(self, key: str) -> bool:
         """Whether ``key`` is stored (HEAD, or a one-key listing for write-only credentials)."""
-        full_key = self._full_key(key)
-        return self._with_retries(f"looking up {key} in {self.uri}", lambda: self._stat(full_key)) is not None
+        return self._lookup(self._full_key(key)) is not None
 
     def open(self, key: str) -> IO[bytes]:
         """Stream the object's bytes (nothing is downloaded up front).
@@ -387,10 +413,7 @@ class S3Publisher:
 
     def list(self, prefix: str) -> Iterator[StoredObject]:
         """Every object whose key starts with ``prefix``, in key order, a page at a time."""
-        paginator = self.client.get_paginator("list_objects_v2")
-        pages = paginator.paginate(Bucket=self.bucket, Prefix=self.prefix + prefix,
-                                   PaginationConfig={"PageSize": self.settings.page_size})
-        for page in self._pages(pages, prefix):
+        for page in self._pages(prefix):
             for item in page.get("Contents", ()):
                 modified = item.get("LastModified")
                 yield StoredObject(item["Key"][len(self.prefix):], item["Size"],
@@ -401,23 +424,20 @@ class S3Publisher:
         the server groups keys by ``Delimiter="/"``, so nothing below them is listed."""
         if prefix and not prefix.endswith("/"):
             raise ValueError(f"list_dirs needs a prefix ending in '/', got {prefix!r}")
-        paginator = self.client.get_paginator("list_objects_v2")
-        pages = paginator.paginate(Bucket=self.bucket, Prefix=self.prefix + prefix, Delimiter="/",
-                                   PaginationConfig={"PageSize": self.settings.page_size})
-        for page in self._pages(pages, prefix):
+        for page in self._pages(prefix, Delimiter="/"):
             for item in page.get("CommonPrefixes", ()):
                 yield item["Prefix"][len(self.prefix):]
 
-    def _pages(self, pages: Any, prefix: str) -> Iterator[dict[str, Any]]:
-        iterator = iter(pages)
+    def _pages(self, prefix: str, **args: str) -> Iterator[dict[str, Any]]:
+        """ListObjectsV2 pages under ``prefix``, each request retried like any other."""
+        request: dict[str, Any] = {"Bucket": self.bucket, "Prefix": self.prefix + prefix,
+                                   "MaxKeys": self.settings.page_size, **args}
         while True:
-            try:
-                page = next(iterator)
-            except StopIteration:
-                return
-            except (ClientError, BotoCoreError) as exc:
-                raise PublishError(f"listing {self.uri}{prefix} failed: {_describe(exc)}") from exc
+            page = self._with_retries(f"listing {self.uri}{prefix}", lambda: self.client.list_objects_v2(**request))
             yield page
+            if not page.get("IsTruncated"):
+                return
+            request["ContinuationToken"] = page["NextContinuationToken"]
 
     # ------------------------------------------------------------------ internals
 
@@ -458,7 +478,8 @@ class S3Publisher:
         return ceiling * (0.5 + random.random() / 2)  # noqa: S311 - jitter, not cryptography
 
     def _with_retries(self, what: str, action: Callable[[], T]) -> T:
-        """Run ``action``; retry transient failures with back-off, then raise :class:`PublishError`."""
+        """Make one request (``action``), again on a transient failure, ``retries + 1`` times in all,
+        with back-off; then raise :class:`PublishError`.  The only retry loop of the publisher."""
         attempts = self.settings.retries + 1
         for attempt in range(attempts):
             try:
@@ -566,8 +587,18 @@ def _retryable(exc: BaseException) -> bool:
     if isinstance(exc, (BotoConnectionError, HTTPClientError, IncompleteReadError)):
         return True
     if isinstance(exc, ClientError):
-        return _status(exc) >= 500 or _code(exc) in RETRYABLE_CODES or _status(exc) == 412
+        return _status(exc) >= 500 or _code(exc) in RETRYABLE_CODES
     return False
+
+
+def _unless_key_exists(write: Callable[[], T]) -> T | None:
+    """``write()``, or None when S3 refuses a conditional write because the key exists now."""
+    try:
+        return write()
+    except ClientError as exc:
+        if _status(exc) == 412 or _code(exc) in KEY_NOW_EXISTS_CODES:
+            return None
+        raise
 
 
 def _describe(exc: BaseException) -> str:

@@ -30,6 +30,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from telemetry_core.atomic_files import fsync_directory
 from telemetry_core.store.spool.framing import (
     DEFAULT_LIMITS,
     ReadStats,
@@ -438,7 +439,7 @@ class SpoolWriter:
         self.stats.file_syncs += 1
 
     def _sync_directory(self, directory: Path) -> None:
-        _sync_directory(directory)
+        fsync_directory(directory)
         self.stats.directory_syncs += 1
 
 
@@ -478,15 +479,6 @@ def _rename_no_clobber(source: Path, target: Path) -> None:
 def _sync_file(fd: int) -> None:
     """Force a file's data (and size) to stable storage."""
     (os.fdatasync if hasattr(os, "fdatasync") else os.fsync)(fd)
-
-
-def _sync_directory(directory: Path) -> None:
-    """Make the entries (creations, renames) of ``directory`` durable."""
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 # ---------------------------------------------------------------- reading
@@ -569,7 +561,7 @@ def finish_orphans(spool_dir: str | os.PathLike[str], *,
         if target is not None:
             moved.append(target)
     if moved:
-        _sync_directory(finished_dir)
+        fsync_directory(finished_dir)
     return moved
 
 
