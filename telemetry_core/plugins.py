@@ -166,7 +166,8 @@ def _check_essentials(pm: pluggy.PluginManager, disabled: list[str], builtin_nam
         hooks = ESSENTIAL_PLUGINS.get(name)
         if not hooks or name not in builtin_names:
             continue
-        missing = [hook for hook in hooks if not getattr(pm.hook, hook).get_hookimpls()]
+        implemented = {caller.name for plugin in pm.get_plugins() for caller in pm.get_hookcallers(plugin) or ()}
+        missing = [hook for hook in hooks if hook not in implemented]
         if missing:
             raise ConfigError(f"{name} is an essential built-in and no other plugin implements "
                               f"{', '.join(missing)}; remove it from plugins.disabled or install a plugin "
