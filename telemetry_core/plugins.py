@@ -52,7 +52,7 @@ DEFAULT_PLUGINS: tuple[tuple[str, str], ...] = (
     ("convert.histograms", "telemetry_core.convert.stage"),
     ("store.layout", "telemetry_core.store.layout"),
     ("store.local", "telemetry_core.store.local"),
-    ("store.s3", "telemetry_core.store.s3.publisher"),
+    ("store.s3", "telemetry_core.store.s3.publisher:S3Plugin"),
     ("store.s3_policy", "telemetry_core.store.s3.policy"),
     ("store.spool", "telemetry_core.store.spool.writer_plugin"),
     ("store.process", "telemetry_core.store.process.commands"),

@@ -213,7 +213,7 @@ def test_settings_validate_bucket_prefix_and_encryption():
 def test_the_plugin_builds_the_publisher_from_config(make_engine, pm, moto_endpoint, bucket, tmp_path):
     from telemetry_core.store.s3 import publisher as publish_s3
 
-    pm.register(publish_s3)
+    pm.register(publish_s3.S3Plugin())
     engine = make_engine(**{"store.publish.backend": "s3", "store.publish.bucket": bucket,
                             "store.publish.prefix": "tel", "store.publish.endpoint_url": moto_endpoint,
                             "store.publish.part_size_mb": 5, "store.publish.retries": 1})
@@ -229,7 +229,7 @@ def test_the_plugin_builds_the_publisher_from_config(make_engine, pm, moto_endpo
 def test_the_plugin_needs_a_bucket(make_engine, pm):
     from telemetry_core.store.s3 import publisher as publish_s3
 
-    pm.register(publish_s3)
+    pm.register(publish_s3.S3Plugin())
     engine = make_engine(**{"store.publish.backend": "s3"})
     with pytest.raises(ConfigError, match="store.publish.bucket"):
         engine.publisher()
@@ -238,7 +238,7 @@ def test_the_plugin_needs_a_bucket(make_engine, pm):
 def test_the_plugin_stays_out_of_the_way_of_other_backends(make_engine, pm):
     from telemetry_core.store.s3 import publisher as publish_s3
 
-    pm.register(publish_s3)
+    pm.register(publish_s3.S3Plugin())
     with pytest.raises(ConfigError, match="no installed plugin provides publish backend 'local'"):
         make_engine().publisher()
 

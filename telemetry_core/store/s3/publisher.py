@@ -72,8 +72,6 @@ RETRYABLE_CODES = frozenset({
 #: Answers to a conditional write (``If-None-Match: *``) meaning the key exists now: look it up again.
 KEY_NOW_EXISTS_CODES = frozenset({"PreconditionFailed", "NoSuchUpload"})
 _BUCKET_NAME = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
-_STATE_KEY = __name__
-
 T = TypeVar("T")
 
 
@@ -616,17 +614,21 @@ def _describe(exc: BaseException) -> str:
 # --------------------------------------------------------------------------- plugin
 
 
-@hookimpl
-def telemetry_config_choices(key: str) -> list[str] | None:
-    return ["s3"] if key == "store.publish.backend" else None
+class S3Plugin:
+    """The built-in ``store.s3`` plugin: one publisher (one boto3 client) per engine."""
 
+    def __init__(self) -> None:
+        self.publisher: S3Publisher | None = None
 
-@hookimpl(trylast=True)
-def telemetry_store_publisher(engine: Any) -> S3Publisher | None:
-    """The S3 publisher when ``store.publish.backend`` is ``s3`` (one per engine)."""
-    if engine.config.get("store.publish.backend") != "s3":
-        return None
-    publisher = engine.state.get(_STATE_KEY)
-    if publisher is None:
-        publisher = engine.state[_STATE_KEY] = S3Publisher(S3Settings.from_config(engine.config))
-    return publisher
+    @hookimpl
+    def telemetry_config_choices(self, key: str) -> list[str] | None:
+        return ["s3"] if key == "store.publish.backend" else None
+
+    @hookimpl(trylast=True)
+    def telemetry_store_publisher(self, engine: Any) -> S3Publisher | None:
+        """The S3 publisher when ``store.publish.backend`` is ``s3``."""
+        if engine.config.get("store.publish.backend") != "s3":
+            return None
+        if self.publisher is None:
+            self.publisher = S3Publisher(S3Settings.from_config(engine.config))
+        return self.publisher
