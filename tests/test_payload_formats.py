@@ -373,3 +373,32 @@ def test_invalid_utf8_is_replaced_counted_and_the_record_kept(tmp_path):
 def test_a_valid_surrogate_pair_and_valid_utf8_take_the_fast_path(engine):
     record = decoded(engine, b'{"ver": 1, "info": {"reason": "\\ud83d\\ude00 \xc3\xa9"}}')
     assert record.payload["info"]["reason"] == "\U0001F600 é" and record.warnings == []
+
+
+# ---------------------------------------------------------------- geoCountry (the telemetry-geoip plugin)
+
+
+def test_geo_country_of_firefox_os_pings_through_the_processor(tmp_path):
+    try:
+        import telemetry_geoip
+    except ImportError:
+        from conftest import require_component
+
+        require_component("the telemetry-geoip plugin is not installed (pip install -e plugins/telemetry-geoip)")
+    writer_records = [(uuid(1), "8.8.8.8"), (uuid(2), "2001:4860:4860::8888"), (uuid(3), "127.0.0.1"),
+                      (uuid(4), None)]
+    from telemetry_core.store.spool.files import SpoolWriter
+
+    writer = SpoolWriter(tmp_path / "spool", "n1")
+    for record_id, address in writer_records:
+        writer.append(record_id, json.dumps(FXOS).encode(), client_addr=address, timestamp_ms=1395852542588)
+    writer.close()
+    engine = processor_engine(tmp_path, telemetry_geoip, overrides=["convert.histograms.server=null",
+                                                                    "receive.record_client_addr=true"])
+    assert Processor(engine).run_once().records_valid == 4
+    stored = {}
+    for path in (tmp_path / "archive").rglob("*.xz"):
+        for line in lzma.decompress(path.read_bytes()).splitlines():
+            record_id, _, body = line.partition(b"\t")
+            stored[record_id.decode()] = json.loads(body)["info"].get("geoCountry")
+    assert stored == {uuid(1): "US", uuid(2): "US", uuid(3): "??", uuid(4): None}
