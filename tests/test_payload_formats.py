@@ -402,3 +402,20 @@ def test_geo_country_of_firefox_os_pings_through_the_processor(tmp_path):
             record_id, _, body = line.partition(b"\t")
             stored[record_id.decode()] = json.loads(body)["info"].get("geoCountry")
     assert stored == {uuid(1): "US", uuid(2): "US", uuid(3): "??", uuid(4): None}
+
+
+def test_convert_command_takes_every_shape_and_damaged_text(telemetry_cli, tmp_path):
+    import subprocess
+
+    unified_line = b"u\t" + next(item for item in UNIFIED_ITEMS if not item.is_gzip).body.replace(
+        UNIFIED_REVISION.encode(), SEEDED_2013_REVISION.encode())
+    lines = b"\n".join([b"a\t" + json.dumps(ANR).encode(), b"f\t" + json.dumps(FXOS).encode(), unified_line,
+                        b'l\t{"ver": 1, "info": {"reason": "caf\xe9"}}'])
+    result = subprocess.run([*telemetry_cli, "convert", "--set", f"data_dir={tmp_path}"], input=lines,
+                            capture_output=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    converted = {line.split(b"\t")[0].decode(): json.loads(line.split(b"\t", 1)[1])
+                 for line in result.stdout.splitlines()}
+    assert (converted["a"]["ver"], converted["f"]["ver"], converted["u"]["version"]) == (2, 2, 5)
+    assert converted["f"]["info"]["appName"] == "FirefoxOS" and converted["u"]["info"]["OS"] == "Darwin"
+    assert converted["l"]["info"]["reason"] == "caf\ufffd"
