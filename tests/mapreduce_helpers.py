@@ -206,7 +206,7 @@ def generate(rng: random.Random, specs: dict[str, HistogramSpec], count: int) ->
     return pings
 
 
-_CACHE: dict[str, Dataset] = {}
+_CACHE: dict[str, Any] = {}
 
 
 def build_dataset(root: Path, *, count: int = 90, seed: int = 7) -> Dataset:
@@ -237,3 +237,85 @@ def build_dataset(root: Path, *, count: int = 90, seed: int = 7) -> Dataset:
 
 def archive_files(archive: Path) -> list[Path]:
     return sorted(p for p in archive.rglob("*") if p.is_file())
+
+
+# --------------------------------------------------------------------------- unified pings
+
+#: Unified ping types the generator sends; main and saved-session carry histograms.
+UNIFIED_TYPES = ("main", "main", "saved-session", "activation", "deletion")
+
+
+@dataclass
+class UnifiedDataset:
+    """An archive of unified (version 4) pings and a few classic ones, made by the real processor."""
+
+    data_dir: Path
+    pings: list[tuple[str, str, bool]]  # (type, channel, unified)
+    dataset: Dataset
+
+    def engine(self) -> Engine:
+        return self.dataset.engine()
+
+    def unified_counts(self) -> dict[str, int]:
+        return dict(collections.Counter(f"{ping_type}/{channel}" for ping_type, channel, unified in self.pings
+                                        if unified))
+
+
+def unified_body(rng: random.Random, spec: HistogramSpec, ping_type: str, channel: str, version: str,
+                 build: str) -> dict[str, Any]:
+    """A unified ping as Firefox 38+ sent it (only the fields conversion reads, plus a few)."""
+    ping: dict[str, Any] = {
+        "type": ping_type, "id": "x", "creationDate": "2015-03-10T16:34:09.245Z", "version": 4,
+        "clientId": "93fb0031-ccac-c84a-adae-1cc118ec86cb",
+        "application": {"architecture": "x86-64", "buildId": build, "name": "Firefox", "version": version,
+                        "vendor": "Mozilla", "platformVersion": version, "xpcomAbi": "x86_64-gcc3",
+                        "channel": channel},
+        "payload": {"ver": 4, "info": {"reason": ping_type}},
+    }
+    if ping_type in ("main", "saved-session"):
+        layout = spec.layout(HISTOGRAM)
+        values = _values(rng, spec, HISTOGRAM)
+        ping["payload"]["info"]["revision"] = REAL_REVISION
+        ping["payload"]["histograms"] = {HISTOGRAM: {
+            "range": [layout.low, layout.high], "bucket_count": layout.n_buckets,
+            "histogram_type": layout.histogram_type, "values": values,
+            "sum": sum(int(k) * v for k, v in values.items()), "log_sum": 0, "log_sum_squares": 0}}
+        ping["environment"] = {"system": {"os": {"name": rng.choice(["Windows_NT", "Darwin", "Linux"])}}}
+    return ping
+
+
+def build_unified_dataset(root: Path, *, count: int = 40, seed: int = 11) -> UnifiedDataset:
+    """Unified pings of every type on every channel (and a few classic ones the job must skip),
+    spooled with their Bagheera paths and processed by the real processor."""
+    key = f"unified:{root}:{count}:{seed}"
+    if key in _CACHE:
+        return _CACHE[key]
+    rng = random.Random(seed)
+    seed_dir, specs = _seed(root)
+    spec = specs[REAL_REVISION]
+    channels = {"release": "38.0", "beta": "39.0", "aurora": "40.0a2", "nightly": "41.0a1"}
+    data_dir = root / "data"
+    writer = SpoolWriter(data_dir / "spool", "n1")
+    pings = []
+    for index in range(count):
+        ping_type, channel = rng.choice(UNIFIED_TYPES), rng.choice(sorted(channels))
+        build = rng.choice(["20150510030201", "20150601030201"])
+        body = json.dumps(unified_body(rng, spec, ping_type, channel, channels[channel], build)).encode()
+        writer.append(f"/submit/telemetry/{uuid(index)}/{ping_type}/Firefox/{channels[channel]}/{channel}/{build}",
+                      gzip.compress(body, mtime=0) if index % 2 else body, timestamp_ms=T0 + index)
+        pings.append((ping_type, channel, True))
+    classic = [p for p in generate(rng, specs, 6) if not p.broken][:5]
+    for ping in classic:
+        ping.id = uuid(10_000 + classic.index(ping))
+        writer.append(f"/submit/telemetry/{ping.path()}", ping.body(specs), timestamp_ms=T0 + 5000)
+        pings.append((ping.reason, ping.channel, False))
+    writer.close()
+    dataset = Dataset(root=root, data_dir=data_dir, archive=data_dir / "archive", seed_dir=seed_dir, pings=[],
+                      specs=specs)
+    processor = Processor(processor_engine(data_dir, overrides=dataset.overrides()[1:]))
+    summary = processor.run_once()
+    processor.close()
+    assert not summary.failed_files and summary.records_valid == len(pings), summary
+    shutil.rmtree(root / "histogram_cache", ignore_errors=True)
+    unified = _CACHE[key] = UnifiedDataset(data_dir=data_dir, pings=pings, dataset=dataset)
+    return unified

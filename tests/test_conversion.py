@@ -289,11 +289,18 @@ def test_malformed_histogram_objects_reject_the_record(histogram: Any, message: 
     ({"version": 4, "info": {}, "histograms": {}}, "payload has no ver"),
     ({"ver": 1, "histograms": {}}, "payload has no info object"),
     ({"ver": 1, "info": "x", "histograms": {}}, "payload has no info object"),
-    ({"ver": 1, "info": {}}, "payload has no histograms"),
+    ({"ver": 1, "info": {"revision": "http://hg.mozilla.org/mozilla-central/rev/0123456789ab"}},
+     "has info.revision but no histograms"),
     ({"ver": 1, "info": {}, "histograms": []}, "payload has histograms of type list"),
 ])
 def test_record_level_checks(payload: Any, message: str) -> None:
     rejected(payload, spec_of(), "bad_payload", message)
+
+
+def test_a_payload_with_neither_histograms_nor_revision_converts() -> None:
+    payload = {"ver": 1, "info": {"reason": "android-anr-report"}, "androidANR": "..."}
+    assert convert_payload(payload, spec_of()) == []
+    assert payload == {"ver": 2, "info": {"reason": "android-anr-report"}, "androidANR": "..."}
 
 
 def test_an_already_converted_fixture_is_refused(fixture_ping, aurora_23) -> None:

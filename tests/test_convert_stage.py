@@ -61,16 +61,6 @@ def test_missing_revision_is_a_record_error(engine):
     assert caught.value.category == "missing_revision_repo"
 
 
-def test_unified_pings_are_kept_unconverted(engine):
-    reader = SpoolReader(FIXTURES / "payload_v4_unified_packed_log__unicode.v1.packed")
-    raw = next(item for item in reader if not item.is_gzip).body
-    record = record_of(json.loads(raw))
-    convert(engine, record)
-    serialize(record)
-    assert record.warnings == ["unified_payload_unconverted"]
-    assert "Wikipédia" in record.stored_json.decode()
-
-
 def pdfjs_entries(size_kb_buckets=20, size_kb_values=None):
     return {
         "PDF_VIEWER_USED": {"range": [1, 2], "bucket_count": 3, "histogram_type": 2,

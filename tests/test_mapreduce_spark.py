@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from mapreduce_helpers import FILTERS, JOBS, archive_files, as_ints, build_dataset, read_output
+from mapreduce_helpers import (FILTERS, JOBS, archive_files, as_ints, build_dataset, build_unified_dataset,
+                               read_output)
 from s3_helpers import direct_client, fake_aws_credentials, make_publisher, moto_endpoint  # noqa: F401
 from telemetry_core.reduce.runner import run_job
 from telemetry_core.reduce.tasks import JobAborted
@@ -75,6 +76,14 @@ def test_spark_gives_the_same_output_as_local(spark, dataset, tmp_path, job, exp
     assert spark_output.read_bytes() == local.read_bytes()
     assert as_ints(read_output(spark_output)) == expected(dataset)
     assert stats["executor"] == "spark" and stats["errors"] == 0 and stats["records"] == len(dataset.stored())
+
+
+def test_unified_ping_job_gives_the_same_output_on_spark(spark, tmp_path_factory, tmp_path):
+    unified = build_unified_dataset(tmp_path_factory.mktemp("mapreduce-spark-unified"))
+    local, spark_output, _, stats = both(unified.engine(), tmp_path, "unified_pings", mappers=2, reducers=2)
+    assert spark_output.read_bytes() == local.read_bytes()
+    assert as_ints(read_output(spark_output)) == unified.unified_counts()
+    assert stats["executor"] == "spark" and stats["errors"] == 0 and stats["records"] == len(unified.pings)
 
 
 def test_the_work_runs_in_spark_tasks_and_the_driver_opens_no_data_file(spark, dataset, tmp_path):

@@ -94,8 +94,11 @@ def corpus(hg_url: str) -> list[tuple[str, str, bytes, str]]:
         ("a JSON number", b"42", "bad_payload"),
         ("JSON null", b"null", "bad_payload"),
         ("JSON true", b"true", "bad_payload"),
-        ("invalid UTF-8", b'{"info": {"reason": "\xff\xfe"}}', "corrupted_data"),
-        ("a lone surrogate", b'{"info": {"reason": "\\ud800"}}', "corrupted_data"),
+        # Damaged text is repaired (U+FFFD) and the record judged on its shape (payload_text.py):
+        ("invalid UTF-8 in a payload without ver", b'{"info": {"reason": "\xff\xfe"}}', "bad_payload"),
+        ("invalid UTF-8 that is not JSON either", b'{"info": {"reason": "\xff\xfe"}', "corrupted_data"),
+        ("a lone surrogate in a payload without ver", b'{"info": {"reason": "\\ud800"}}', "bad_payload"),
+        ("a lone surrogate beside a NaN", b'{"info": {"reason": "\\ud800"}, "x": NaN}', "corrupted_data"),
         ("truncated JSON", J(GOOD_PAYLOAD)[:500], "corrupted_data"),
         ("infinite number", b'{"info": {}, "x": 1e400}', "corrupted_data"),
         ("NaN", b'{"info": {}, "x": NaN}', "corrupted_data"),

@@ -7,11 +7,11 @@ from collections import Counter
 from typing import IO, Any, Iterator
 
 import click
-import orjson
 
 from .buckets import DefinitionError
 from ..errors import RecordError, TelemetryError
 from ..store.process.decoder import convert, decode, serialize
+from ..store.process.payload_text import loads_payload
 from ..records import Record
 from ..store.spool.framing import decode_records
 from ..commands import config_options, load_engine
@@ -46,14 +46,15 @@ def records_from(handle: IO[bytes], name: str, engine: Any) -> Iterator[Record |
             yield _failed(record, RecordError("corrupted_data", f"line {number} has no <uuid>\\t<json> tab"))
             continue
         try:
-            payload = orjson.loads(body)
-        except orjson.JSONDecodeError as exc:
-            yield _failed(record, RecordError("corrupted_data", f"line {number}: {exc}"))
+            payload, warnings = loads_payload(body)
+        except RecordError as error:
+            yield _failed(record, RecordError(error.category, f"line {number}: {error.detail}"))
             continue
         if not isinstance(payload, dict):
             yield _failed(record, RecordError("bad_payload", f"line {number}: the payload is not an object"))
             continue
         record.payload = payload
+        record.warnings.extend(warnings)
         yield record
 
 

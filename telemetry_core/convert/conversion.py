@@ -59,25 +59,79 @@ class _NotFastPath(Exception):
 
 
 def convert_payload(payload: dict[str, Any], spec: HistogramSpec) -> list[str]:
-    """Convert ``payload["histograms"]`` in place and set ``payload["ver"]`` to 2.
+    """Convert a classic payload's histograms in place and set ``payload["ver"]`` to 2.
 
     ``spec`` is the revision the caller picked for this payload (from
-    ``info.revision``).  Histograms the spec does not define are dropped and
-    reported as :data:`UNKNOWN_HISTOGRAM` warnings; the list of warning
-    names is returned (empty when all went well).
+    ``info.revision``).  ``histograms`` and ``keyedHistograms`` are
+    converted with :func:`convert_histogram_sections`; histograms the spec
+    does not define are dropped and reported as :data:`UNKNOWN_HISTOGRAM`
+    warnings; the list of warning names is returned (empty when all went
+    well).  A payload with neither histograms nor ``info.revision`` (an
+    Android ANR report, say) has nothing to convert and only gets ``ver`` 2.
 
     Raises ``RecordError("bad_payload", ...)`` when the payload is not a
-    classic ver 1 payload with ``info`` and a ``histograms`` object (an
-    already converted ver 2 payload included), or when a histogram is
-    malformed: not an object, no ``values`` object, a bucket key that is not
-    a lower bound, a count that is not a non-negative integer, a statistic
-    that is not a number, or -- for a definition using a C++ constant -- a
+    classic ver 1 payload with ``info`` (an already converted ver 2 payload
+    included), when ``histograms`` is not an object, when it has a revision
+    but no histograms, or when a histogram is malformed: not an object, no
+    ``values`` object, a bucket key that is not a lower bound, a count that
+    is not a non-negative integer, a statistic that is not a number, or --
+    for a definition using a C++ constant -- a
     ``bucket_count``/``range``/``histogram_type`` that cannot fill it in.
     Raises ``RecordError("conversion_error", ...)`` when the spec's own
     definition of a histogram in the payload is broken.  On error the
     payload is left unchanged.
     """
-    histograms = _classic_histograms(payload)
+    _check_classic(payload)
+    warnings = convert_histogram_sections(payload, spec)
+    payload["ver"] = 2
+    return warnings
+
+
+def convert_histogram_sections(holder: dict[str, Any], spec: HistogramSpec) -> list[str]:
+    """Convert ``holder["histograms"]`` and ``holder["keyedHistograms"]`` in place.
+
+    ``holder`` is the object that carries the histograms and the ``info``
+    with their revision: a classic payload, or a unified ping's ``payload``.
+    The original's rule holds: histograms need a revision and a revision
+    needs histograms; an ``info`` with neither converts to nothing.  Keyed
+    histograms (``{name: {key: histogram}}``) convert key by key with the
+    definition of ``name``.  Raises ``RecordError`` as
+    :func:`convert_payload` does; on error ``holder`` is left unchanged.
+    Returns warning names.
+    """
+    info = holder.get("info")
+    if not isinstance(info, dict):
+        raise RecordError("bad_payload", "payload has no info object; a classic payload carries one")
+    histograms = holder.get("histograms")
+    if histograms is None:
+        if "revision" in info:
+            raise RecordError("bad_payload", "payload has info.revision but no histograms; "
+                                             "a revision comes with histograms")
+        keyed = holder.get("keyedHistograms")
+        if keyed is None:
+            return []
+        converted_keyed, warnings = convert_keyed_histograms(keyed, spec)
+        holder["keyedHistograms"] = converted_keyed
+        return warnings
+    if not isinstance(histograms, dict):
+        raise RecordError("bad_payload", f"payload has histograms of type {type(histograms).__name__}; "
+                                         f"expected an object of histograms")
+    converted, warnings = convert_histograms(histograms, spec)
+    keyed = holder.get("keyedHistograms")
+    if keyed is not None:
+        converted_keyed, keyed_warnings = convert_keyed_histograms(keyed, spec)
+        holder["keyedHistograms"] = converted_keyed
+        warnings += keyed_warnings
+    holder["histograms"] = converted
+    return warnings
+
+
+def convert_histograms(histograms: dict[str, Any], spec: HistogramSpec) -> tuple[dict[str, Any], list[str]]:
+    """``(converted, warnings)``: a new ``{name: v2 array}`` for a ``histograms`` object.
+
+    Unknown names are left out, one :data:`UNKNOWN_HISTOGRAM` warning each.
+    Raises ``RecordError`` as :func:`convert_payload` does.
+    """
     done = None if _compiled_histograms is None else _compiled_histograms(histograms, spec.cached_indexes)
     # ``converted`` keeps the input order; the compiled pass leaves None for ``pending`` names.
     converted, pending = ({}, histograms) if done is None else done
@@ -93,9 +147,39 @@ def convert_payload(payload: dict[str, Any], spec: HistogramSpec) -> list[str]:
                 converted.pop(name, None)
                 continue
         converted[name] = histogram_array(name, histogram, index)
-    payload["histograms"] = converted
-    payload["ver"] = 2
-    return warnings
+    return converted, warnings
+
+
+def convert_keyed_histograms(keyed: Any, spec: HistogramSpec) -> tuple[dict[str, Any], list[str]]:
+    """``(converted, warnings)`` for a ``keyedHistograms`` object ``{name: {key: histogram}}``.
+
+    Every key of a name converts with that name's definition (``keyed``
+    changes nothing in the buckets, HISTOGRAMS.md §1.1); a name the spec
+    does not define is left out with one :data:`UNKNOWN_HISTOGRAM` warning.
+    Raises ``RecordError("bad_payload", ...)`` when the section or a name's
+    entry is not an object, or as :func:`convert_payload` does.
+    """
+    if not isinstance(keyed, dict):
+        raise RecordError("bad_payload", f"keyedHistograms must be an object, got {type(keyed).__name__}")
+    converted: dict[str, Any] = {}
+    warnings: list[str] = []
+    for name, by_key in keyed.items():
+        if not isinstance(by_key, dict):
+            raise RecordError("bad_payload", f"keyedHistograms[{name!r}] must be an object of histograms "
+                                             f"by key, got {type(by_key).__name__}")
+        index = spec.cached_index(name)
+        rows: dict[str, Any] = {}
+        for key, histogram in by_key.items():
+            if index is None:
+                index = _spec_index(spec, name, histogram)
+                if index is None:
+                    break
+            rows[key] = histogram_array(name, histogram, index, key=key)
+        if index is None:
+            warnings.append(UNKNOWN_HISTOGRAM)
+            continue
+        converted[name] = rows
+    return converted, warnings
 
 
 def convert_addon_histograms(payload: dict[str, Any]) -> list[str]:
@@ -127,11 +211,13 @@ def convert_addon_histograms(payload: dict[str, Any]) -> list[str]:
     return []
 
 
-def histogram_array(name: str, histogram: Any, index: BucketIndex, *, addon_id: str | None = None) -> list[Any]:
+def histogram_array(name: str, histogram: Any, index: BucketIndex, *, addon_id: str | None = None,
+                    key: str | None = None) -> list[Any]:
     """One histogram as a v2 array: a count for every bucket of ``index``, then the 5 statistics.
 
     Raises ``RecordError("bad_payload", ...)`` saying which key or value is
-    wrong; ``name`` and ``addon_id`` only serve to name the histogram in it.
+    wrong; ``name``, ``addon_id`` and ``key`` (of a keyed histogram) only
+    serve to name the histogram in it.
     """
     try:
         # The shapes Firefox sends: exponential histograms carry log_sum and
@@ -151,19 +237,25 @@ def histogram_array(name: str, histogram: Any, index: BucketIndex, *, addon_id: 
                 or type(second) not in _STATISTIC_TYPES:
             raise _NotFastPath
         position = index.position
-        for key, count in histogram["values"].items():
+        for bucket, count in histogram["values"].items():
             if type(count) is not int or count < 0 or count > MAX_COUNT:
                 raise _NotFastPath
-            row[position[key]] = count
+            row[position[bucket]] = count
         return row
     except (_NotFastPath, KeyError, TypeError, AttributeError):
-        return _checked_array(name, histogram, index, addon_id)
+        return _checked_array(name, histogram, index, addon_id, key)
 
 
-def _checked_array(name: str, histogram: Any, index: BucketIndex, addon_id: str | None) -> list[Any]:
+def _checked_array(name: str, histogram: Any, index: BucketIndex, addon_id: str | None,
+                   key: str | None = None) -> list[Any]:
     """The reference conversion of one histogram, checking everything on the way."""
     def bad(problem: str) -> RecordError:
-        label = f"histogram {name!r}" if addon_id is None else f"addonHistograms[{addon_id!r}][{name!r}]"
+        if addon_id is not None:
+            label = f"addonHistograms[{addon_id!r}][{name!r}]"
+        elif key is not None:
+            label = f"keyedHistograms[{name!r}][{key!r}]"
+        else:
+            label = f"histogram {name!r}"
         return RecordError("bad_payload", f"{label}: {problem}")
 
     if not isinstance(histogram, Mapping):
@@ -174,25 +266,25 @@ def _checked_array(name: str, histogram: Any, index: BucketIndex, addon_id: str 
     if not isinstance(values, Mapping):
         raise bad(f"values must be an object, got {type(values).__name__}")
     row: list[Any] = list(index.zeros)
-    for key, count in values.items():
-        position = index.position.get(key)
+    for bucket, count in values.items():
+        position = index.position.get(bucket)
         if position is None:
             layout = index.layout
-            raise bad(f"bucket key {key!r} is not one of the {len(index.bounds)} lower bounds of its "
+            raise bad(f"bucket key {bucket!r} is not one of the {len(index.bounds)} lower bounds of its "
                       f"{layout.kind} layout ({layout.low}..{layout.high})")
         if type(count) is not int or not 0 <= count <= MAX_COUNT:
-            raise bad(f"count {count!r} of bucket {key!r} is not a non-negative integer")
+            raise bad(f"count {count!r} of bucket {bucket!r} is not a non-negative integer")
         row[position] = count
-    for key in STATISTIC_KEYS:
-        statistic = histogram.get(key, MISSING_STATISTIC)
+    for statistic_key in STATISTIC_KEYS:
+        statistic = histogram.get(statistic_key, MISSING_STATISTIC)
         if type(statistic) not in _STATISTIC_TYPES:
-            raise bad(f"statistic {key} is {statistic!r}, not a number")
+            raise bad(f"statistic {statistic_key} is {statistic!r}, not a number")
         row.append(statistic)
     return row
 
 
-def _classic_histograms(payload: Any) -> dict[str, Any]:
-    """The ``histograms`` object of a classic ver 1 payload, or ``RecordError("bad_payload")``."""
+def _check_classic(payload: Any) -> None:
+    """Raise ``RecordError("bad_payload")`` unless ``payload`` is a classic ver 1 payload with ``info``."""
     if not isinstance(payload, dict):
         raise RecordError("bad_payload", f"payload must be a JSON object, got {type(payload).__name__}")
     if "ver" not in payload:
@@ -204,11 +296,6 @@ def _classic_histograms(payload: Any) -> dict[str, Any]:
         raise RecordError("bad_payload", f"payload ver is {ver!r}; only classic ver 1 payloads are converted")
     if not isinstance(payload.get("info"), dict):
         raise RecordError("bad_payload", "payload has no info object; a classic payload carries one")
-    histograms = payload.get("histograms")
-    if not isinstance(histograms, dict):
-        what = "no histograms" if histograms is None else f"histograms of type {type(histograms).__name__}"
-        raise RecordError("bad_payload", f"payload has {what}; expected an object of histograms")
-    return histograms
 
 
 def _spec_index(spec: HistogramSpec, name: str, histogram: Any) -> BucketIndex | None:

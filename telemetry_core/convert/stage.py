@@ -6,13 +6,16 @@
   :class:`~telemetry_core.convert.spec.HistogramSpec` through the revision
   cache and history (``convert.histograms`` config), keeping the last specs
   in memory (their bucket indexes are what makes conversion fast);
-* ``telemetry_convert_payload`` converts classic (``ver`` 1) payloads:
-  ``histograms`` with the spec, and ``addonHistograms`` generically from
-  each entry's own description, after checking entries against the
-  definitions plugins know (``telemetry_convert_addon_histograms``, e.g.
-  the pdf.js plugin): a disagreement is a counted warning, never a change
-  to the record.  Unified (``version`` 4 and later) payloads have no
-  classic histograms and are stored unconverted, with a warning.
+* ``telemetry_convert_payload`` converts each payload shape
+  (:mod:`telemetry_core.convert.shapes`): classic (``ver`` 1) payloads --
+  ``histograms`` and ``keyedHistograms`` with the spec, and
+  ``addonHistograms`` generically from each entry's own description, after
+  checking entries against the definitions plugins know
+  (``telemetry_convert_addon_histograms``, e.g. the pdf.js plugin): a
+  disagreement is a counted warning, never a change to the record; Firefox
+  OS 1.3 (``ver`` 3) payloads (:mod:`.fxos`); and unified (``version`` 4)
+  pings (:mod:`.unified`), whose ``payload`` sections convert like a
+  classic payload's.
 
 It also adds ``telemetry convert`` and ``telemetry histograms show``.
 """
@@ -23,7 +26,9 @@ from collections import OrderedDict
 from typing import Any
 
 from .buckets import DefinitionError, parse_definition
-from .conversion import convert_addon_histograms, convert_payload
+from .conversion import convert_addon_histograms, convert_histogram_sections, convert_payload
+from .fxos import convert_fxos, is_fxos
+from .unified import convert_unified, is_unified
 from ..hookspecs import hookimpl
 from .spec import HistogramSpec, addon_histogram_layout
 from .allowlist import RepositoryAllowlist
@@ -33,7 +38,6 @@ from .revisions import parse_revision, revision_cache_from_options
 #: Warnings this plugin returns (counted under convert/warning_names/<name>).
 ADDON_MISMATCH = "addon_definition_mismatch"
 ADDON_UNKNOWN = "addon_definition_unknown"
-UNIFIED_UNCONVERTED = "unified_payload_unconverted"
 SPEC_CACHE_SIZE = 32
 _EMPTY_SPEC = HistogramSpec({})
 
@@ -78,11 +82,22 @@ def telemetry_convert_histogram_spec(revision: str | None, info: dict[str, Any],
 @hookimpl(trylast=True)
 def telemetry_convert_payload(record: Any, spec: HistogramSpec | None, engine: Any) -> list[str]:
     payload = record.payload
-    if "ver" not in payload and isinstance(payload.get("version"), int) and payload["version"] >= 4:
-        return [UNIFIED_UNCONVERTED]
+    spec = spec if spec is not None else _EMPTY_SPEC
+    if is_unified(payload):
+        return convert_unified(payload, lambda holder: convert_sections(holder, spec, engine))
+    if is_fxos(payload):
+        return convert_fxos(payload)
     warnings = addon_warnings(payload, engine)
-    warnings += convert_payload(payload, spec if spec is not None else _EMPTY_SPEC)
+    warnings += convert_payload(payload, spec)
     warnings += convert_addon_histograms(payload)
+    return warnings
+
+
+def convert_sections(holder: dict[str, Any], spec: HistogramSpec, engine: Any) -> list[str]:
+    """The histogram sections of a unified ping's ``payload``, converted as a classic payload's."""
+    warnings = addon_warnings(holder, engine)
+    warnings += convert_histogram_sections(holder, spec)
+    warnings += convert_addon_histograms(holder)
     return warnings
 
 

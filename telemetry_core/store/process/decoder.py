@@ -8,13 +8,18 @@ category (the record then goes to ``_invalid/<category>/``):
    submission id and dimensions;
 2. a gzip body is inflated with a bound (``oversized_data`` past it,
    ``corrupted_data`` when broken); an empty body is ``empty_data``;
-3. the JSON is parsed (``corrupted_data``) and must be an object
-   (``bad_payload``) within what a record may cost (``process.limits``:
-   ``too_deep``, ``key_too_long``, ``too_many_histograms``,
-   ``too_many_buckets``; see :mod:`telemetry_core.store.process.limits`);
+3. the JSON is parsed (``corrupted_data``; text that is not UTF-8, or
+   holds lone surrogate escapes, is repaired with U+FFFD and kept with a
+   warning, see :mod:`telemetry_core.store.process.payload_text`) and must
+   be an object (``bad_payload``) within what a record may cost
+   (``process.limits``: ``too_deep``, ``key_too_long``,
+   ``too_many_histograms``, ``too_many_buckets``; see
+   :mod:`telemetry_core.store.process.limits`);
 4. dimensions missing from the path (the id-only form) are taken from the
-   payload's ``info``; ``submission_date`` is the receive day (UTC,
-   ``YYYYMMDD``); the schema maps each value to its partition value.
+   payload's ``info`` -- for Firefox OS and unified pings, the ``info``
+   conversion will build (:func:`telemetry_core.convert.shapes.dimension_info`);
+   ``submission_date`` is the receive day (UTC, ``YYYYMMDD``); the schema
+   maps each value to its partition value.
 
 :func:`convert` then runs the convert hooks and :func:`serialize` makes the
 stored bytes once (``record.stored_json``, ``record.body_hash``).
@@ -29,8 +34,10 @@ from typing import Any
 import orjson
 
 from ...compress import bounded_gzip
+from ...convert.shapes import dimension_info, spec_request
 from ...errors import RECORD_ERROR_CATEGORIES, RecordError
 from .limits import RecordLimits, check_payload
+from .payload_text import loads_payload
 from ...records import Record, Rejection
 from ...schema import Schema
 
@@ -93,16 +100,15 @@ def _decode_into(engine: Any, record: Record, schema: Schema, max_inflated_bytes
             raise RecordError("empty_data", "the gzip body inflates to nothing")
     elif len(body) > max_inflated_bytes:
         raise RecordError("oversized_data", f"body is larger than {max_inflated_bytes} bytes")
-    try:
-        payload = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise RecordError("corrupted_data", f"body is not valid JSON: {exc}") from None
+    payload, warnings = loads_payload(body)
+    if warnings:
+        record.warnings.extend(warnings)
     if not isinstance(payload, dict):
         raise RecordError("bad_payload", f"the payload is a JSON {type(payload).__name__}, not an object")
     check_payload(payload, limits)
     record.payload = payload
-    info = payload.get("info")
-    if isinstance(info, dict):
+    info = dimension_info(payload)
+    if info is not None:
         for name in schema.names:
             if name not in raw_dims and isinstance(info.get(name), (str, int, float)):
                 raw_dims[name] = info[name]
@@ -112,14 +118,14 @@ def _decode_into(engine: Any, record: Record, schema: Schema, max_inflated_bytes
 
 def convert(engine: Any, record: Record) -> None:
     """Run the convert hooks on a decoded record (looking its spec up only when
-    it has histograms); warnings go to ``record.warnings``."""
+    it has histograms to convert, see :func:`telemetry_core.convert.shapes.spec_request`);
+    warnings go to ``record.warnings``."""
     payload = record.payload
     spec = None
-    histograms = payload.get("histograms")
-    if isinstance(histograms, dict) and histograms:
-        info = payload.get("info") if isinstance(payload.get("info"), dict) else {}
-        revision = info.get("revision")
-        spec = engine.histogram_spec(revision=revision if isinstance(revision, str) else None, info=info)
+    wanted = spec_request(payload)
+    if wanted is not None:
+        revision, info = wanted
+        spec = engine.histogram_spec(revision=revision, info=info)
     record.warnings.extend(engine.convert_payload(record=record, spec=spec))
 
 

@@ -71,6 +71,7 @@ from .decoder import convert, decode, raw_record, serialize
 from .limits import RecordLimits
 from .replay import replay_journal_key, replay_journal_path
 from ...convert.revisions import HgwebError
+from ...convert.shapes import spec_request
 from ..spool.files import SpoolReader, finish_orphans, list_finished_files
 from .work_batch import WorkBatch
 
@@ -164,7 +165,8 @@ class Processor:
             scales.IntStat("files_retried"), scales.IntStat("records_valid"), scales.IntStat("records_invalid"),
             scales.IntDictStat("invalid"), scales.IntStat("published_files"), scales.IntStat("published_bytes"),
             scales.IntDictStat("dedup"), scales.IntStat("spool_skipped_bytes"), scales.IntStat("records_parked"),
-            scales.IntStat("parked_released_files"), scales.IntStat("disk_pauses"), scales.IntStat("disk_paused"))
+            scales.IntStat("parked_released_files"), scales.IntStat("disk_pauses"), scales.IntStat("disk_paused"),
+            scales.IntDictStat("decode_warnings"))
         for directory in (self.work_dir, self.failed_dir, self.state_dir, self.spool_dir / "finished"):
             directory.mkdir(parents=True, exist_ok=True)
 
@@ -494,6 +496,8 @@ class Processor:
             record = decode(engine, path=item.path, body=item.body, timestamp_ms=item.timestamp_ms,
                             client_addr=item.client_addr, source=f"{source_name}:{item.offset}",
                             schema=self.schema, max_inflated_bytes=self.max_inflated_bytes, limits=self.limits)
+            for name in record.warnings:  # repaired text (payload_text): kept, counted by name
+                self.stats.decode_warnings[name] += 1
             stage = "convert"
             convert(engine, record)
             stage = "serialize"
@@ -541,9 +545,8 @@ class Processor:
     def _park(self, record: Any, item: Any, error: HgwebError, parked: ParkedWriter) -> tuple[str, str]:
         """Keep a record whose Histograms.json revision cannot be fetched now (see
         :mod:`telemetry_core.store.process.pending`); the rest of its file goes on."""
-        info = record.payload.get("info") if isinstance(record.payload, dict) else None
-        info = info if isinstance(info, dict) else {}
-        revision = info.get("revision") if isinstance(info.get("revision"), str) else None
+        wanted = spec_request(record.payload) if isinstance(record.payload, dict) else None
+        revision, info = wanted if wanted is not None else (None, {})
         key = pending_key(revision, info)
         parked.park(key, revision=revision, info=info, path=item.path, body=item.body,
                     timestamp_ms=item.timestamp_ms, client_addr=item.client_addr)
