@@ -321,10 +321,13 @@ def telemetry_convert_addon_histograms(addon_id: str) -> dict[str, dict[str, Any
 
 @hookspec
 def telemetry_convert_payload(record: Record, spec: HistogramSpec | None, engine: Engine) -> list[str] | None:
-    """Convert sections of a classic payload in place (``record.payload``).
+    """Convert sections of a payload in place (``record.payload``).
 
     :param record: the decoded record; each plugin converts the sections it
-        owns (the core converts ``histograms`` and ``addonHistograms``).
+        owns (the core converts every shape telemetry-server took: classic
+        ``ver`` 1 ``histograms``, ``addonHistograms`` and ``keyedHistograms``,
+        Firefox OS ``ver`` 3 and unified ``version`` 4 pings; see
+        docs/convert.md).
     :param spec: the record's histogram spec (``None`` when it has no histograms).
     :param engine: the engine (e.g. ``engine.addon_histograms(addon_id=...)``).
     :return: names of warnings (counted in metrics), or ``None``.
