@@ -49,7 +49,7 @@ DEFAULT_PLUGINS: tuple[tuple[str, str], ...] = (
     ("compress.codecs", "telemetry_core.compress.codecs_builtin"),
     ("compress.lzma", "telemetry_core.compress.lzma_alone"),
     ("metrics.graphite", "telemetry_core.metrics.graphite:GraphitePlugin"),
-    ("convert.histograms", "telemetry_core.convert.stage"),
+    ("convert.histograms", "telemetry_core.convert.stage:ConvertStage"),
     ("store.layout", "telemetry_core.store.layout"),
     ("store.local", "telemetry_core.store.local"),
     ("store.s3", "telemetry_core.store.s3.publisher:S3Plugin"),

@@ -32,6 +32,7 @@ from .unified import convert_unified, is_unified
 from ..hookspecs import hookimpl
 from .spec import HistogramSpec, addon_histogram_layout
 from .allowlist import RepositoryAllowlist
+from .commands import add_commands
 from .history import SpecResolver
 from .revisions import parse_revision, revision_cache_from_options
 
@@ -67,30 +68,36 @@ class SpecSource:
         return spec
 
 
-def spec_source(engine: Any) -> SpecSource:
-    source = engine.state.get(__name__)
-    if source is None:
-        source = engine.state[__name__] = SpecSource(engine.config.get("convert.histograms"))
-    return source
+class ConvertStage:
+    """The built-in ``convert.histograms`` plugin: one spec source (revision
+    cache, resolver, spec LRU) per engine, built on first use."""
 
+    def __init__(self) -> None:
+        self.source: SpecSource | None = None
 
-@hookimpl(trylast=True)
-def telemetry_convert_histogram_spec(revision: str | None, info: dict[str, Any], engine: Any) -> HistogramSpec:
-    return spec_source(engine).spec(revision, info)
+    @hookimpl(trylast=True)
+    def telemetry_convert_histogram_spec(self, revision: str | None, info: dict[str, Any],
+                                         engine: Any) -> HistogramSpec:
+        if self.source is None:
+            self.source = SpecSource(engine.config.get("convert.histograms"))
+        return self.source.spec(revision, info)
 
+    @hookimpl(trylast=True)
+    def telemetry_convert_payload(self, record: Any, spec: HistogramSpec | None, engine: Any) -> list[str]:
+        payload = record.payload
+        spec = spec if spec is not None else _EMPTY_SPEC
+        if is_unified(payload):
+            return convert_unified(payload, lambda holder: convert_sections(holder, spec, engine))
+        if is_fxos(payload):
+            return convert_fxos(payload)
+        warnings = addon_warnings(payload, engine)
+        warnings += convert_payload(payload, spec)
+        warnings += convert_addon_histograms(payload)
+        return warnings
 
-@hookimpl(trylast=True)
-def telemetry_convert_payload(record: Any, spec: HistogramSpec | None, engine: Any) -> list[str]:
-    payload = record.payload
-    spec = spec if spec is not None else _EMPTY_SPEC
-    if is_unified(payload):
-        return convert_unified(payload, lambda holder: convert_sections(holder, spec, engine))
-    if is_fxos(payload):
-        return convert_fxos(payload)
-    warnings = addon_warnings(payload, engine)
-    warnings += convert_payload(payload, spec)
-    warnings += convert_addon_histograms(payload)
-    return warnings
+    @hookimpl
+    def telemetry_register_commands(self, cli: Any) -> None:
+        add_commands(cli)
 
 
 def convert_sections(holder: dict[str, Any], spec: HistogramSpec, engine: Any) -> list[str]:
@@ -127,11 +134,3 @@ def addon_warnings(payload: dict[str, Any], engine: Any) -> list[str]:
                     (actual.histogram_type, actual.low, actual.high, actual.n_buckets):
                 warnings.append(ADDON_MISMATCH)
     return warnings
-
-
-@hookimpl
-def telemetry_register_commands(cli: Any) -> None:
-    from .commands import add_commands
-
-    add_commands(cli)
-
