@@ -89,12 +89,16 @@ class EdgeService:
 
     name = "edge"
 
-    def __init__(self, engine: Engine, *, workers: int | None = None) -> None:
+    def __init__(self, engine: Engine, *, workers: int | None = None, port: int | None = None,
+                 takeover: bool = False) -> None:
         self.engine = engine
         config = engine.config
         receive = config["receive"]
         self.host: str = receive["host"]
-        self.port: int = receive["port"]
+        self.port: int = receive["port"] if port is None else port
+        #: Whether the port may already have listeners: workers of this node's earlier
+        #: supervisor that still serve while this one starts (``telemetry run`` checked the port).
+        self.takeover = takeover
         self.workers = workers if workers is not None else worker_count(config)
         self.backlog = receive["backlog"]
         self.start_timeout_s = float(receive["start_timeout_s"])
@@ -119,7 +123,7 @@ class EdgeService:
         if moved:
             log.info("finished %d spool file(s) left open by an earlier run", len(moved))
         self._clear_stale_snapshots(node_id)
-        self._reservation, self.port = _reserve_port(self.host, self.port)
+        self._reservation, self.port = _reserve_port(self.host, self.port, probe=not self.takeover)
         self.stats.stats.workers = self.workers
         try:
             for slot in self._slots:
@@ -307,10 +311,27 @@ def _read_status(stream: IO[bytes], slot: _Slot, ready: threading.Event) -> None
                 log.debug("edge worker %d printed: %s", slot.index, text[:200])
 
 
-def _reserve_port(host: str, port: int) -> tuple[socket.socket, int]:
-    """Check that ``host:port`` is free and hold it (bound, not listening) for the workers."""
+def _reserve_port(host: str, port: int, *, probe: bool = True) -> tuple[socket.socket, int]:
+    """Check that ``host:port`` is free (unless ``probe`` is false) and hold it (bound, not
+    listening) for the workers."""
     family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
                                                          flags=socket.AI_PASSIVE)[0]
+    if probe:
+        port = _probe_port(family, kind, proto, address, host, port)
+    reservation = socket.socket(family, kind, proto)
+    try:
+        reservation.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        reservation.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        reservation.bind((address[0], port, *address[2:]))
+    except OSError as error:
+        reservation.close()
+        raise EdgeStartError(f"cannot reserve {host}:{port}: {error.strerror}; set another receive.port") from None
+    return reservation, port
+
+
+def _probe_port(family: int, kind: int, proto: int, address: Any, host: str, port: int) -> int:
+    """Fail with :class:`EdgeStartError` when anything listens on the port; the port bound
+    (``receive.port: 0`` resolves to a free one)."""
     probe = socket.socket(family, kind, proto)
     try:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # ignore TIME_WAIT of an earlier run
@@ -321,15 +342,7 @@ def _reserve_port(host: str, port: int) -> tuple[socket.socket, int]:
                              f"another receive.port") from None
     finally:
         probe.close()
-    reservation = socket.socket(family, kind, proto)
-    try:
-        reservation.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        reservation.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        reservation.bind((address[0], port, *address[2:]))
-    except OSError as error:
-        reservation.close()
-        raise EdgeStartError(f"cannot reserve {host}:{port}: {error.strerror}; set another receive.port") from None
-    return reservation, port
+    return port
 
 
 def _describe_exit(code: int | None) -> str:

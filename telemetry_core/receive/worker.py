@@ -12,9 +12,11 @@ The supervisor (:mod:`telemetry_core.receive.supervisor`) starts each worker as
    port;
 2. prints ``ready`` on stdout once it accepts connections (or ``error
    <message>`` and exits 2 when it cannot start);
-3. every second: lets the writer rotate/sync (``poll``), re-checks disk and
-   spool health, publishes its metrics snapshot every
-   ``receive.metrics_interval_s``, and stops if its parent is gone;
+3. every half second: lets the writer rotate/sync (``poll``), re-checks disk
+   and spool health, publishes its metrics snapshot every
+   ``receive.metrics_interval_s``; if its supervisor is gone it keeps serving
+   until a new supervisor of the node is ready or ``receive.orphan_grace_s``
+   passed, then stops as on SIGTERM;
 4. on SIGTERM (SIGINT is ignored: the supervisor owns the terminal): stops
    accepting, waits up to ``receive.drain_timeout_s`` for in-flight
    requests, finishes its spool file (atomic rename into ``finished/``),
@@ -45,7 +47,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from ..config.loader import RawConfig
 from .app import EdgeHandlers, EdgeSettings, EdgeState, build_app, runner_options
 from .health import SpoolHealth
-from .node_metrics import EdgeStats, NodeMetrics
+from .node_metrics import EdgeStats, NodeMetrics, snapshot_path
 from .spool_thread import SpoolThread
 from ..engine import Engine
 from ..errors import TelemetryError
@@ -159,6 +161,8 @@ class EdgeWorker:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
         self._publish_failed = False
+        self.orphan_grace_s = float(config["receive"]["orphan_grace_s"])
+        self._orphaned_at: float | None = None
 
     def request_stop(self) -> None:
         """Ask the worker to drain and stop; safe from any thread or a signal handler."""
@@ -229,10 +233,29 @@ class EdgeWorker:
                 next_publish = time.monotonic() + self.metrics_interval_s
                 document = metrics.own_document()
                 await loop.run_in_executor(None, self._publish, metrics, document)
-            if self.parent_pid is not None and os.getppid() != self.parent_pid:
-                log.warning("edge worker %d: the supervisor (pid %d) is gone; stopping", self.worker,
-                            self.parent_pid)
+            if self.parent_pid is not None and os.getppid() != self.parent_pid and self._orphaned_done():
                 self._stop.set()
+
+    def _orphaned_done(self) -> bool:
+        """Whether a worker whose supervisor died should stop now: once a new supervisor of
+        this node is ready (its snapshot names another live pid), or after ``receive.orphan_grace_s``."""
+        now = time.time()
+        if self._orphaned_at is None:
+            self._orphaned_at = now
+            log.warning("edge worker %d: the supervisor (pid %d) is gone; serving up to %g s more while a new "
+                        "one starts", self.worker, self.parent_pid, self.orphan_grace_s)
+        if now - self._orphaned_at >= self.orphan_grace_s:
+            log.warning("edge worker %d: no new supervisor within %g s; stopping", self.worker, self.orphan_grace_s)
+            return True
+        try:
+            document = json.loads(snapshot_path(self.metrics_dir, self.engine.node_id, "supervisor").read_text())
+            pid, written_at = int(document["pid"]), float(document["written_at"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return False
+        if pid == self.parent_pid or written_at < self._orphaned_at or not _alive(pid):
+            return False
+        log.info("edge worker %d: a new supervisor (pid %d) is ready; stopping", self.worker, pid)
+        return True
 
     def _publish(self, metrics: NodeMetrics, document: dict[str, Any] | None = None) -> None:
         try:
@@ -244,6 +267,16 @@ class EdgeWorker:
             self._publish_failed = True
         else:
             self._publish_failed = False
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _address(sock: socket.socket) -> str:
