@@ -135,6 +135,7 @@ class ServiceSupervisor:
         while window and now - window[0] > policy.crash_loop_window_s:
             window.popleft()
         if len(window) >= policy.crash_loop_restarts:
+            self._started.remove(unit)  # stopped already
             return (f"service {name} failed: {failure}; it was restarted {len(window)} times within "
                     f"{policy.crash_loop_window_s:g} s (supervise.crash_loop_restarts), giving up")
         lived = now - unit.started_at
