@@ -85,8 +85,12 @@ CORE_SCHEMA = Section(
             "max_batch_records": Option("int", 1000, minimum=1, maximum=100_000,
                                         help="Most records in one batch request; more gets 413"),
             "max_in_flight": Option("int", 512, minimum=1,
-                                    help="Requests one worker handles at once; more get 503 + Retry-After"),
-            "body_timeout_s": Option("float", 30.0, minimum=0.1,
+                                    help="Requests with a complete body one worker handles at once; more get "
+                                         "503 + Retry-After"),
+            "max_slow_bodies": Option("int", 512, minimum=1,
+                                      help="Requests one worker lets finish sending their body at once (bodies "
+                                           "not complete on arrival); more get 503 + Retry-After"),
+            "body_timeout_s": Option("float", 10.0, minimum=0.1,
                                      help="Seconds a client may take to send its body; slower gets 408"),
             "idle_timeout_s": Option("float", 75.0, minimum=0.1,
                                      help="Seconds before an idle keep-alive connection, or one that never "

@@ -45,7 +45,7 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
 from ..config.loader import RawConfig
-from .app import EdgeHandlers, EdgeSettings, EdgeState, build_app, runner_options
+from .app import EdgeHandlers, EdgeRunner, EdgeSettings, EdgeState, build_app, runner_options
 from .health import SpoolHealth
 from .node_metrics import EdgeStats, NodeMetrics, snapshot_path
 from .spool_thread import SpoolThread
@@ -144,6 +144,40 @@ class BadRequestCounter(logging.Filter):
         return True
 
 
+class AcceptErrorLog:
+    """The event loop's exception handler: ``socket.accept() out of system resource``
+    (EMFILE, ENFILE, ENOBUFS, ENOMEM) is logged as one line every ``interval_s`` seconds
+    with how many times it happened, instead of a traceback per failed accept.
+
+    asyncio itself backs off: it stops watching the listening socket and tries
+    again a second later.  Every other error goes to the loop's default handler.
+    """
+
+    MESSAGE = "socket.accept() out of system resource"
+
+    def __init__(self, worker: int, interval_s: float = 10.0) -> None:
+        self.worker = worker
+        self.interval_s = interval_s
+        self.count = 0
+        self.unreported = 0
+        self._last_logged: float | None = None
+
+    def __call__(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        if context.get("message") != self.MESSAGE:
+            loop.default_exception_handler(context)
+            return
+        self.count += 1
+        self.unreported += 1
+        now = time.monotonic()
+        if self._last_logged is None or now - self._last_logged >= self.interval_s:
+            error = context.get("exception")
+            since = "" if self._last_logged is None else f" in the last {now - self._last_logged:.0f} s"
+            log.error("edge worker %d cannot accept connections: %s (%d time(s)%s); it retries every second. "
+                      "Raise the open-file limit (ulimit -n / LimitNOFILE) or lower receive.backlog",
+                      self.worker, getattr(error, "strerror", None) or error, self.unreported, since)
+            self._last_logged, self.unreported = now, 0
+
+
 class EdgeWorker:
     """Serves one listening socket until asked to stop; see the module docstring."""
 
@@ -172,6 +206,7 @@ class EdgeWorker:
     async def serve(self, sock: socket.socket, on_ready: Callable[[], None] | None = None) -> None:
         """Serve ``sock`` until :meth:`request_stop`; then drain, finish the spool file and return."""
         self._loop = asyncio.get_running_loop()
+        self._loop.set_exception_handler(AcceptErrorLog(self.worker))
         self._stop = asyncio.Event()
         engine = self.engine
         writer = engine.spool_writer(worker=self.worker)
@@ -189,7 +224,7 @@ class EdgeWorker:
             self.handlers = handlers = EdgeHandlers(engine, spool, settings=self.settings, state=self.state,
                                                     stats=stats, health=health, metrics=metrics,
                                                     worker=self.worker)
-            runner = web.AppRunner(build_app(handlers, engine.receive_routes()), **runner_options(self.settings))
+            runner = EdgeRunner(build_app(handlers, engine.receive_routes()), **runner_options(self.settings))
             await runner.setup()
             await web.SockSite(runner, sock).start()
             self.state.ready = True
