@@ -31,6 +31,7 @@ import click
 from .engine import Engine
 from .errors import ConfigError, PluginLoadError
 from .metrics.stats import write_snapshot
+from .redaction import redact
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +66,8 @@ def profile_option(function: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def fail(message: str, code: int) -> None:
-    click.echo(f"error: {message}", err=True)
+    """Print ``error: message`` (redacted: no credentials from URLs) and exit with ``code``."""
+    click.echo(f"error: {redact(message)}", err=True)
     sys.exit(code)
 
 
@@ -77,7 +79,7 @@ def load_engine(config_path: str | None, overrides: tuple[str, ...]) -> Engine:
         fail(str(exc), EXIT_PLUGIN)
     except ConfigError as exc:
         for line in str(exc).splitlines():
-            click.echo(f"error: {line}", err=True)
+            click.echo(f"error: {redact(line)}", err=True)
         sys.exit(EXIT_CONFIG)
     raise AssertionError("unreachable")
 

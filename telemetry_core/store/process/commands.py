@@ -15,6 +15,7 @@ import click
 
 from ...hookspecs import hookimpl
 from ...commands import EXIT_FAILED, config_options, fail, finish, load_engine, profile_option
+from ...redaction import redact
 
 log = logging.getLogger(__name__)
 
@@ -166,7 +167,7 @@ def telemetry_register_commands(cli: click.Group) -> None:
                     os.kill(worker.pid, signal.SIGTERM)
                     worker.join()
         except TelemetryError as exc:
-            click.echo(f"error: {exc}", err=True)
+            click.echo(f"error: {redact(exc)}", err=True)
             code = EXIT_FAILED
         finally:
             if processor is not None:
@@ -208,7 +209,7 @@ def telemetry_register_commands(cli: click.Group) -> None:
         result = run_reconcile(engine.publisher(), ids, waiting, expire_after_days=expire_days,
                                held=local_holdings(engine))
         for problem in result.problems:
-            click.echo(f"problem: {problem}")
+            click.echo(f"problem: {redact(problem)}")
         for record_id in result.missing_ids:
             click.echo(f"missing: {record_id}")
         for record_id in result.duplicated_ids:
