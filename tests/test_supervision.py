@@ -111,6 +111,7 @@ def test_sigkill_of_every_service_under_load_keeps_the_node_up_and_loses_nothing
         "receive.workers=2", "receive.spool.max_file_bytes=300000", "receive.spool.max_file_age_s=0.5",
         "compress.level=3", "process.poll_interval=0.05", "convert.histograms.server=null",
         f"convert.histograms.cache_dir={tmp_path / 'hc'}", "supervise.backoff_initial_s=0.2",
+        "supervise.backoff_max_s=2",
         "supervise.crash_loop_restarts=100"]).start(command="run")
     run_pid = node.process.pid
     tally = Tally()

@@ -117,8 +117,8 @@ CORE_SCHEMA = Section(
                                             help="Longest wait before restarting a worker that keeps dying "
                                                  "(doubles from 0.5 s)"),
             "orphan_grace_s": Option("float", 30.0, minimum=0.0,
-                                     help="Seconds a worker whose supervisor died keeps serving while a new "
-                                          "supervisor starts its own workers"),
+                                     help="Seconds a worker whose supervisor died keeps serving for a new "
+                                          "supervisor when no telemetry run is there to start one"),
             "spool": Section(help="The raw spool the edge appends to (docs/spool-format.md)", fields={
                 "fsync": Option("str", "interval", choices=("none", "interval", "always"),
                                 help="When appended records are forced to disk: none, interval or always"),

@@ -10,9 +10,9 @@ restarts the edge workers), prints ``ready`` once every worker accepts, and
 runs until SIGTERM, until its own parent is gone, or until the edge fails.
 
 When the edge supervisor process dies (SIGKILL, OOM ...), its workers keep
-serving for up to ``receive.orphan_grace_s`` (see
-:mod:`telemetry_core.receive.worker`) while ``telemetry run`` starts a new
-supervisor; that one binds the same port (``SO_REUSEPORT``) without asking
+serving (see :mod:`telemetry_core.receive.worker`) while ``telemetry run``
+starts a new supervisor, for as long as ``telemetry run`` lives (without it,
+up to ``receive.orphan_grace_s``); that one binds the same port (``SO_REUSEPORT``) without asking
 the old workers to leave, and the old workers stop once it is ready.  The
 node keeps accepting throughout.
 """
@@ -171,7 +171,7 @@ def main() -> int:
         status.flush()
         return EXIT_START_FAILED
     engine.startup(command="edge")
-    service = EdgeService(engine, port=recipe.port, takeover=True)
+    service = EdgeService(engine, port=recipe.port, takeover=True, node_pid=recipe.parent_pid)
     code = 0
     try:
         try:

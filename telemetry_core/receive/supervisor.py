@@ -90,7 +90,7 @@ class EdgeService:
     name = "edge"
 
     def __init__(self, engine: Engine, *, workers: int | None = None, port: int | None = None,
-                 takeover: bool = False) -> None:
+                 takeover: bool = False, node_pid: int | None = None) -> None:
         self.engine = engine
         config = engine.config
         receive = config["receive"]
@@ -99,6 +99,8 @@ class EdgeService:
         #: Whether the port may already have listeners: workers of this node's earlier
         #: supervisor that still serve while this one starts (``telemetry run`` checked the port).
         self.takeover = takeover
+        #: The ``telemetry run`` process that restarts this supervisor (``None`` under ``serve``).
+        self.node_pid = node_pid
         self.workers = workers if workers is not None else worker_count(config)
         self.backlog = receive["backlog"]
         self.start_timeout_s = float(receive["start_timeout_s"])
@@ -131,7 +133,9 @@ class EdgeService:
             deadline = time.monotonic() + self.start_timeout_s
             for slot in self._slots:
                 if not self._await_ready(slot, deadline):
-                    reason = slot.error or f"did not start listening within {self.start_timeout_s:g} s"
+                    code = slot.process.poll() if slot.process is not None else None
+                    reason = slot.error or (f"exited with {_describe_exit(code)}" if code is not None else
+                                            f"did not start listening within {self.start_timeout_s:g} s")
                     raise EdgeStartError(f"edge worker {slot.index} could not start: {reason}")
         except BaseException:
             self._stop_workers(timeout=5.0)
@@ -175,7 +179,7 @@ class EdgeService:
 
     def _spawn(self, slot: _Slot) -> None:
         recipe = WorkerRecipe.from_engine(self.engine, worker=slot.index, host=self.host, port=self.port,
-                                          parent_pid=os.getpid())
+                                          parent_pid=os.getpid(), node_pid=self.node_pid)
         process = subprocess.Popen([sys.executable, "-m", "telemetry_core.receive.worker"],
                                    stdin=subprocess.PIPE, stdout=subprocess.PIPE, close_fds=True)
         assert process.stdin is not None and process.stdout is not None

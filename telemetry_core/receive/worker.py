@@ -80,13 +80,16 @@ class WorkerRecipe:
     port: int
     parent_pid: int | None = None
     secret_keys: list[str] = field(default_factory=list)
+    #: The ``telemetry run`` process that restarts the supervisor, if any: while it lives,
+    #: a worker whose supervisor died keeps serving until a new supervisor is ready.
+    node_pid: int | None = None
 
     @classmethod
     def from_engine(cls, engine: Engine, *, worker: int, host: str, port: int,
-                    parent_pid: int | None = None) -> "WorkerRecipe":
+                    parent_pid: int | None = None, node_pid: int | None = None) -> "WorkerRecipe":
         config = engine.config
         return cls(config=copy.deepcopy(config.data), source=config.source, base_dir=str(config.base_dir),
-                   worker=worker, host=host, port=port, parent_pid=parent_pid,
+                   worker=worker, host=host, port=port, parent_pid=parent_pid, node_pid=node_pid,
                    secret_keys=sorted(config.secret_keys))
 
     def to_json(self) -> bytes:
@@ -181,10 +184,12 @@ class AcceptErrorLog:
 class EdgeWorker:
     """Serves one listening socket until asked to stop; see the module docstring."""
 
-    def __init__(self, engine: Engine, worker: int = 0, *, parent_pid: int | None = None) -> None:
+    def __init__(self, engine: Engine, worker: int = 0, *, parent_pid: int | None = None,
+                 node_pid: int | None = None) -> None:
         self.engine = engine
         self.worker = worker
         self.parent_pid = parent_pid
+        self.node_pid = node_pid
         config = engine.config
         self.settings = EdgeSettings.from_config(config)
         self.metrics_interval_s = float(config["receive"]["metrics_interval_s"])
@@ -273,13 +278,16 @@ class EdgeWorker:
 
     def _orphaned_done(self) -> bool:
         """Whether a worker whose supervisor died should stop now: once a new supervisor of
-        this node is ready (its snapshot names another live pid), or after ``receive.orphan_grace_s``."""
+        this node is ready (its snapshot names another live pid), or, unless the ``telemetry
+        run`` that restarts supervisors still runs, after ``receive.orphan_grace_s``."""
         now = time.time()
+        restarter = self.node_pid is not None and _alive(self.node_pid)
         if self._orphaned_at is None:
             self._orphaned_at = now
-            log.warning("edge worker %d: the supervisor (pid %d) is gone; serving up to %g s more while a new "
-                        "one starts", self.worker, self.parent_pid, self.orphan_grace_s)
-        if now - self._orphaned_at >= self.orphan_grace_s:
+            log.warning("edge worker %d: the supervisor (pid %d) is gone; serving %s while a new one starts",
+                        self.worker, self.parent_pid,
+                        "on" if restarter else f"up to {self.orphan_grace_s:g} s more")
+        if not restarter and now - self._orphaned_at >= self.orphan_grace_s:
             log.warning("edge worker %d: no new supervisor within %g s; stopping", self.worker, self.orphan_grace_s)
             return True
         try:
@@ -332,7 +340,7 @@ def main() -> int:
         status.write(f"error {' '.join(str(error).split())}\n")
         status.flush()
         return EXIT_START_FAILED
-    worker = EdgeWorker(engine, recipe.worker, parent_pid=recipe.parent_pid)
+    worker = EdgeWorker(engine, recipe.worker, parent_pid=recipe.parent_pid, node_pid=recipe.node_pid)
 
     def ready() -> None:
         status.write("ready\n")
