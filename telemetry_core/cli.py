@@ -129,16 +129,14 @@ def run(config_path: str | None, overrides: tuple[str, ...], duration: float | N
     restarts within supervise.crash_loop_window_s).
     """
     engine = load_engine(config_path, overrides)
-    services = engine.services()
-    try:
-        check_services(services)
-    except ConfigError as exc:
-        fail(str(exc), EXIT_CONFIG)
     log.info("node %s starting, data in %s", engine.node_id, engine.config.data_dir)
     engine.startup(command="run")
-    supervisor = ServiceSupervisor(services, RestartPolicy.from_config(engine.config))
+    supervisor = ServiceSupervisor([], RestartPolicy.from_config(engine.config))
     exit_code = 0
     try:
+        services = engine.services()
+        check_services(services)  # a ConfigError here: exit 2 (main), nothing started
+        supervisor = ServiceSupervisor(services, RestartPolicy.from_config(engine.config))
         if not services:
             log.warning("nothing to run: no installed plugin provides a service for 'telemetry run'")
             return

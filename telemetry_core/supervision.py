@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import signal
 import threading
 import time
 from dataclasses import dataclass, field
@@ -31,12 +32,25 @@ from typing import Any
 from greplin import scales
 from .redaction import redact
 
-__all__ = ["RestartPolicy", "ServiceSupervisor"]
+__all__ = ["RestartPolicy", "ServiceSupervisor", "describe_exit"]
 
 log = logging.getLogger(__name__)
 
 #: Seconds between two looks at the services.
 POLL_S = 0.2
+
+
+def describe_exit(code: int | None) -> str:
+    """``code 1``, ``signal SIGKILL`` ...: a process's exit status as a person reads it
+    (``subprocess``/``multiprocessing`` style: negative = killed by that signal)."""
+    if code is None:
+        return "no exit code"
+    if code < 0:
+        try:
+            return f"signal {signal.Signals(-code).name}"
+        except ValueError:
+            return f"signal {-code}"
+    return f"code {code}"
 
 
 @dataclass(frozen=True)
@@ -90,6 +104,9 @@ class ServiceSupervisor:
     def stop(self) -> None:
         """Stop the started services in reverse order (each may finish its in-flight work)."""
         for unit in reversed(self._started):
+            if unit.restart_at is not None:  # died and was stopped; waiting to be restarted
+                log.info("stopped %s (it was waiting to be restarted)", unit.service.name)
+                continue
             try:
                 unit.service.stop(timeout=self.policy.stop_timeout_s)
             except Exception as error:  # noqa: BLE001 - the others must still stop

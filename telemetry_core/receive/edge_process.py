@@ -27,12 +27,12 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from dataclasses import asdict, dataclass, field
 from typing import IO, Any
 
 from ..errors import TelemetryError
 from ..redaction import redact
+from ..supervision import describe_exit
 
 __all__ = ["EdgeProcessService", "EdgeRecipe", "main"]
 
@@ -117,8 +117,6 @@ class EdgeProcessService:
     def failed(self) -> str | None:
         process = self.process
         if process is not None and process.poll() is not None:
-            from ..store.process.commands import describe_exit
-
             return f"the edge supervisor (pid {process.pid}) exited with {describe_exit(process.returncode)}"
         return None
 

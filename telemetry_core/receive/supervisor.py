@@ -45,6 +45,7 @@ from ..engine import Engine
 from ..errors import ConfigError
 from ..store.spool.files import finish_orphans
 from ..store.spool.writer_plugin import spool_dir
+from ..supervision import describe_exit
 
 __all__ = ["BACKOFF_INITIAL_S", "MAX_START_FAILURES", "EdgeService", "EdgeStartError", "worker_count"]
 
@@ -134,7 +135,7 @@ class EdgeService:
             for slot in self._slots:
                 if not self._await_ready(slot, deadline):
                     code = slot.process.poll() if slot.process is not None else None
-                    reason = slot.error or (f"exited with {_describe_exit(code)}" if code is not None else
+                    reason = slot.error or (f"exited with {describe_exit(code)}" if code is not None else
                                             f"did not start listening within {self.start_timeout_s:g} s")
                     raise EdgeStartError(f"edge worker {slot.index} could not start: {reason}")
         except BaseException:
@@ -258,7 +259,7 @@ class EdgeService:
                                                        self.backoff_max_s)
         slot.restart_at = now + delay
         log.warning("edge worker %d (pid %d) exited with %s after %.1f s%s; restarting in %.1f s",
-                    slot.index, process.pid, _describe_exit(process.returncode), lived,
+                    slot.index, process.pid, describe_exit(process.returncode), lived,
                     f", finished {len(moved)} spool file(s)" if moved else "", delay)
         self._publish()
 
@@ -278,7 +279,7 @@ class EdgeService:
                 process.wait()
         for process in processes:
             if process.returncode not in (0, None):
-                log.warning("edge worker pid %d exited with %s", process.pid, _describe_exit(process.returncode))
+                log.warning("edge worker pid %d exited with %s", process.pid, describe_exit(process.returncode))
 
     # ------------------------------------------------------------------ bookkeeping
 
@@ -347,15 +348,3 @@ def _probe_port(family: int, kind: int, proto: int, address: Any, host: str, por
     finally:
         probe.close()
     return port
-
-
-def _describe_exit(code: int | None) -> str:
-    if code is None:
-        return "no exit code"
-    if code < 0:
-        try:
-            return f"signal {signal.Signals(-code).name}"
-        except ValueError:
-            return f"signal {-code}"
-    return f"code {code}"
-

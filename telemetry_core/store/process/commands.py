@@ -16,6 +16,7 @@ import click
 from ...hookspecs import hookimpl
 from ...commands import EXIT_FAILED, config_options, fail, finish, load_engine, profile_option
 from ...redaction import redact
+from ...supervision import describe_exit
 
 log = logging.getLogger(__name__)
 
@@ -96,18 +97,6 @@ class ProcessorService:
         if process is not None and process.exitcode is not None:
             return f"worker {process.name} (pid {process.pid}) exited with {describe_exit(process.exitcode)}"
         return None
-
-
-def describe_exit(code: int | None) -> str:
-    """``code 1``, ``signal SIGKILL`` ...: a process's exit status as a person reads it."""
-    if code is None:
-        return "no exit code"
-    if code < 0:
-        try:
-            return f"signal {signal.Signals(-code).name}"
-        except ValueError:
-            return f"signal {-code}"
-    return f"code {code}"
 
 
 @hookimpl(tryfirst=True)
