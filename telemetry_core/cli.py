@@ -1,8 +1,10 @@
 """The ``telemetry`` command line.
 
-Exit codes: 0 success; 1 a command failed (a service died, records failed
-...); 2 bad usage or configuration; 3 a plugin failed to load.  Errors are
-one line on stderr starting with ``error:``.
+Exit codes: 0 success; 1 a command failed (records failed ...); 2 bad usage
+or configuration (including a config a service refuses, checked before
+``run`` starts anything); 3 a plugin failed to load; 4 ``telemetry run``
+gave up on a service in a crash loop.  Errors are one line on stderr
+starting with ``error:``.
 """
 
 from __future__ import annotations
@@ -20,11 +22,12 @@ import yaml
 
 from . import __version__
 from .catalog import hook_descriptions
-from .config.loader import REDACTED
 from .engine import Engine
 from .errors import ConfigError, PluginLoadError, TelemetryError
-from .commands import (EXIT_CONFIG, EXIT_FAILED, EXIT_PLUGIN, config_options, fail, finish, load_engine,
-                       profile_option)
+from .commands import (EXIT_CONFIG, EXIT_CRASH_LOOP, EXIT_FAILED, EXIT_PLUGIN, check_services, config_options, fail,
+                       finish, load_engine, profile_option)
+from .redaction import REDACTED, has_userinfo
+from .supervision import RestartPolicy, ServiceSupervisor
 from .metrics.stats import add_families, read_snapshots, render_families
 
 log = logging.getLogger(__name__)
@@ -118,50 +121,43 @@ def cli() -> None:
 def run(config_path: str | None, overrides: tuple[str, ...], duration: float | None) -> None:
     """Run every stage that plugins provide (edge, processor ...) until stopped.
 
+    Every service is supervised: one that dies is restarted after a back-off
+    and counted under /services/<name>/restarts (docs/operations/deploy.md).
     SIGTERM or SIGINT stops the services in reverse order, letting each
-    finish in-flight work. Exits 1 if a service dies.
+    finish in-flight work. Exits 2 (one line) if a service refuses the
+    config, 4 if a service is in a crash loop (supervise.crash_loop_restarts
+    restarts within supervise.crash_loop_window_s).
     """
     engine = load_engine(config_path, overrides)
     log.info("node %s starting, data in %s", engine.node_id, engine.config.data_dir)
     engine.startup(command="run")
-    started = []
+    supervisor = ServiceSupervisor([], RestartPolicy.from_config(engine.config))
     exit_code = 0
     try:
         services = engine.services()
+        check_services(services)  # a ConfigError here: exit 2 (main), nothing started
+        supervisor = ServiceSupervisor(services, RestartPolicy.from_config(engine.config))
         if not services:
             log.warning("nothing to run: no installed plugin provides a service for 'telemetry run'")
             return
-        for service in services:
-            service.start()
-            started.append(service)
-            log.info("started %s", service.name)
-        reason = _wait(started, duration)
+        supervisor.start()
+        reason = _wait(supervisor, duration)
         if reason:
             log.error("%s; stopping", reason)
-            exit_code = EXIT_FAILED
+            exit_code = EXIT_CRASH_LOOP
     finally:
-        for service in reversed(started):
-            service.stop(timeout=30.0)
-            log.info("stopped %s", service.name)
+        supervisor.stop()
         finish(engine, "run")
     sys.exit(exit_code)
 
 
-def _wait(services: list[Any], duration: float | None) -> str | None:
-    """Block until a signal, the duration, or a failed service; return a failure reason."""
+def _wait(supervisor: ServiceSupervisor, duration: float | None) -> str | None:
+    """Supervise until a signal or the duration (``None``), or a crash loop (its reason)."""
     stop = threading.Event()
     previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGTERM, signal.SIGINT)}
     deadline = None if duration is None else time.monotonic() + duration
     try:
-        while not stop.is_set():
-            for service in services:
-                failure = service.failed()
-                if failure:
-                    return f"service {service.name} failed: {failure}"
-            if deadline is not None and time.monotonic() >= deadline:
-                return None
-            stop.wait(0.2)
-        return None
+        return supervisor.watch(stop, deadline)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
@@ -213,10 +209,25 @@ def config_check(config_path: str | None, overrides: tuple[str, ...]) -> None:
     engine = load_engine(config_path, overrides)
     try:
         schema = engine.schema
+        check_services(engine.services())
     except TelemetryError as exc:
         fail(str(exc), EXIT_CONFIG)
+    for key, value in _flatten(engine.config.data):
+        if isinstance(value, str) and has_userinfo(value):
+            click.echo(f"warning: {key} holds credentials in its URL; remove them and give them to the client "
+                       "the usual way (for S3: AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, ~/.aws/credentials "
+                       "or an instance role)", err=True)
     click.echo(f"ok: {engine.config.source} is valid ({len(engine.plugins)} plugins, "
                f"schema dimensions: {', '.join(schema.names)})")
+
+
+def _flatten(node: Any, prefix: str = "") -> list[tuple[str, Any]]:
+    """``(dotted key, value)`` for every leaf of a config tree."""
+    if isinstance(node, dict):
+        return [item for name, child in node.items() for item in _flatten(child, f"{prefix}{name}.")]
+    if isinstance(node, list):
+        return [item for index, child in enumerate(node) for item in _flatten(child, f"{prefix[:-1]}[{index}].")]
+    return [(prefix[:-1], node)]
 
 
 @config.command("show")

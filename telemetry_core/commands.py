@@ -14,7 +14,8 @@ these helpers (never with anything from :mod:`telemetry_core.cli`)::
 
 Exit codes: 0 success; :data:`EXIT_FAILED` (1) the command failed;
 :data:`EXIT_CONFIG` (2) bad usage or configuration; :data:`EXIT_PLUGIN` (3)
-a plugin failed to load.
+a plugin failed to load; :data:`EXIT_CRASH_LOOP` (4) ``telemetry run`` gave
+up on a service that kept dying.
 """
 
 from __future__ import annotations
@@ -30,10 +31,11 @@ import click
 from .engine import Engine
 from .errors import ConfigError, PluginLoadError
 from .metrics.stats import write_snapshot
+from .redaction import redact
 
 log = logging.getLogger(__name__)
 
-EXIT_FAILED, EXIT_CONFIG, EXIT_PLUGIN = 1, 2, 3
+EXIT_FAILED, EXIT_CONFIG, EXIT_PLUGIN, EXIT_CRASH_LOOP = 1, 2, 3, 4
 
 
 def config_options(function: Callable[..., Any]) -> Callable[..., Any]:
@@ -64,7 +66,8 @@ def profile_option(function: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def fail(message: str, code: int) -> None:
-    click.echo(f"error: {message}", err=True)
+    """Print ``error: message`` (redacted: no credentials from URLs) and exit with ``code``."""
+    click.echo(f"error: {redact(message)}", err=True)
     sys.exit(code)
 
 
@@ -76,9 +79,18 @@ def load_engine(config_path: str | None, overrides: tuple[str, ...]) -> Engine:
         fail(str(exc), EXIT_PLUGIN)
     except ConfigError as exc:
         for line in str(exc).splitlines():
-            click.echo(f"error: {line}", err=True)
+            click.echo(f"error: {redact(line)}", err=True)
         sys.exit(EXIT_CONFIG)
     raise AssertionError("unreachable")
+
+
+def check_services(services: list[Any]) -> None:
+    """Let every service that can (an optional ``check()`` method) refuse the config now,
+    with a :class:`~telemetry_core.errors.ConfigError`, rather than when it starts."""
+    for service in services:
+        check = getattr(service, "check", None)
+        if check is not None:
+            check()
 
 
 def finish(engine: Engine, command: str) -> None:

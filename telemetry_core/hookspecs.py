@@ -119,7 +119,11 @@ def telemetry_services(engine: Engine) -> list[Service] | None:
         and ``failed()``), e.g. the HTTP edge or the processor loop.
 
     All results are collected; ``telemetry run`` starts every service and
-    stops them in reverse order.
+    stops them in reverse order.  It restarts a service whose ``failed()``
+    reports (``stop()`` then ``start()`` again on the same object, after a
+    back-off; ``supervise.*``), and calls an optional ``check()`` before
+    starting anything, which may raise ``ConfigError`` for a config the
+    service would refuse.
     """
 
 

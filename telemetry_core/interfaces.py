@@ -23,7 +23,13 @@ class Service(Protocol):
     ``start`` returns once the service runs (in threads or child processes of
     its own); ``stop`` asks it to finish in-flight work and returns when it
     has, or when ``timeout`` seconds passed; ``failed`` returns a one-line
-    reason when the service died, else ``None``.
+    reason when the service died, else ``None``.  ``telemetry run`` restarts
+    a failed service: it calls ``stop`` (to reap what is left) and later
+    ``start`` again on the same object, so ``start`` must work more than once.
+
+    A service may also have ``check() -> None``, which raises
+    :class:`~telemetry_core.errors.ConfigError` for a config it would refuse
+    at start; ``telemetry config check`` and ``telemetry run`` call it first.
     """
 
     name: str

@@ -168,13 +168,19 @@ def test_run_starts_and_stops_services_on_sigterm(tmp_path, config):
     assert "[test-node]" in stderr  # the default log format carries the node id
 
 
-def test_run_exits_non_zero_when_a_service_dies(tmp_path, config):
+def test_run_restarts_a_dying_service_then_gives_up_on_a_crash_loop_with_exit_4(tmp_path, config):
     beacon = tmp_path / "beacon.txt"
     env = {"PYTHONPATH": str(service_site(tmp_path)), "BEACON_FILE": str(beacon), "BEACON_CRASH": "1"}
-    result = run_cli(["run", "--config", str(config)], env=env)
-    assert result.returncode == 1
-    assert "service beacon failed: beacon lost its light; stopping" in result.stderr
+    result = run_cli(["run", "--config", str(config), "--set", "supervise.backoff_initial_s=0.1",
+                      "--set", "supervise.crash_loop_restarts=2"], env=env)
+    assert result.returncode == 4, result.stderr
+    assert result.stderr.count("service beacon failed after") == 2
+    assert result.stderr.count("restarted beacon") == 2
+    assert ("service beacon failed: beacon lost its light; it was restarted 2 times within 60 s "
+            "(supervise.crash_loop_restarts), giving up; stopping") in result.stderr
     assert beacon.read_text() == "started\nstopped\n"
+    shown = json.loads(run_cli(["metrics", "--config", str(config), "--command", "run"]).stdout)
+    assert shown["run"]["stats"]["services"]["beacon"] == {"restarts": 2, "up": 0}
 
 
 def test_run_with_duration_profile_and_metrics_snapshot(tmp_path, config):

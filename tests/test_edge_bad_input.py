@@ -234,26 +234,43 @@ def test_idle_connections_do_not_block_others_and_are_closed(edge):
             sock.close()
 
 
-def test_overload_answers_503_with_retry_after(tmp_path):
-    edge = ThreadedEdge(tmp_path, ["receive.max_in_flight=2", "receive.body_timeout_s=3"]).start()
+def test_slow_bodies_are_bounded_apart_and_do_not_take_in_flight_slots(tmp_path):
+    edge = ThreadedEdge(tmp_path, ["receive.max_in_flight=2", "receive.max_slow_bodies=2",
+                                   "receive.body_timeout_s=3"]).start()
     slow = []
     try:
-        for _ in range(2):  # two uploads stuck in their bodies hold the worker's in-flight slots
+        for _ in range(2):  # two uploads stuck in their bodies
             sock = socket.create_connection(("127.0.0.1", edge.port))
             sock.sendall(f"POST /submit/telemetry/{new_id()} HTTP/1.1\r\nHost: x\r\n"
                          f"Content-Length: 10\r\n\r\n{{".encode())
             slow.append(sock)
         deadline = time.monotonic() + 5
-        while edge.worker.state.in_flight < 2 and time.monotonic() < deadline:
+        while edge.worker.state.reading < 2 and time.monotonic() < deadline:
             time.sleep(0.01)
-        answer = post(edge.port, f"/submit/telemetry/{new_id()}", b"{}")
-        assert answer.status == 503 and answer.headers["retry-after"] == "30"
-        assert answer.text.startswith("overloaded:")
+        assert edge.worker.state.in_flight == 0
+        assert post(edge.port, f"/submit/telemetry/{new_id()}", b"{}").status == 200  # a complete request
+        third = raw_exchange(edge.port, f"POST /submit/telemetry/{new_id()} HTTP/1.1\r\nHost: x\r\n"
+                                        f"Content-Length: 10\r\n\r\n{{".encode(), read_timeout=3)
+        assert status_of(third) == 503 and b"too_many_slow_bodies" in third and b"Retry-After: 30" in third
     finally:
         for sock in slow:
             sock.close()
         edge.stop()
-    assert edge.records() == []
+    assert len(edge.records()) == 1
+
+
+def test_overload_of_complete_requests_answers_503_with_retry_after(tmp_path):
+    edge = ThreadedEdge(tmp_path, ["receive.max_in_flight=2"]).start()
+    try:
+        edge.worker.state.in_flight = 2  # two requests with complete bodies being spooled
+        answer = post(edge.port, f"/submit/telemetry/{new_id()}", b"{}")
+        assert answer.status == 503 and answer.headers["retry-after"] == "30"
+        assert answer.text.startswith("overloaded:")
+        edge.worker.state.in_flight = 0
+        assert post(edge.port, f"/submit/telemetry/{new_id()}", b"{}").status == 200
+    finally:
+        edge.stop()
+    assert len(edge.records()) == 1
 
 
 def test_every_rejection_is_counted_by_reason(edge):

@@ -83,8 +83,12 @@ CORE_SCHEMA = Section(
             "max_batch_records": Option("int", 1000, minimum=1, maximum=100_000,
                                         help="Most records in one batch request; more gets 413"),
             "max_in_flight": Option("int", 512, minimum=1,
-                                    help="Requests one worker handles at once; more get 503 + Retry-After"),
-            "body_timeout_s": Option("float", 30.0, minimum=0.1,
+                                    help="Requests with a complete body one worker handles at once; more get "
+                                         "503 + Retry-After"),
+            "max_slow_bodies": Option("int", 512, minimum=1,
+                                      help="Requests one worker lets finish sending their body at once (bodies "
+                                           "not complete on arrival); more get 503 + Retry-After"),
+            "body_timeout_s": Option("float", 10.0, minimum=0.1,
                                      help="Seconds a client may take to send its body; slower gets 408"),
             "idle_timeout_s": Option("float", 75.0, minimum=0.1,
                                      help="Seconds before an idle keep-alive connection, or one that never "
@@ -110,6 +114,9 @@ CORE_SCHEMA = Section(
             "restart_backoff_max_s": Option("float", 30.0, minimum=0.1,
                                             help="Longest wait before restarting a worker that keeps dying "
                                                  "(doubles from 0.5 s)"),
+            "orphan_grace_s": Option("float", 30.0, minimum=0.0,
+                                     help="Seconds a worker whose supervisor died keeps serving for a new "
+                                          "supervisor when no telemetry run is there to start one"),
             "spool": Section(help="The raw spool the edge appends to (docs/spool-format.md)", fields={
                 "fsync": Option("str", "interval", choices=("none", "interval", "always"),
                                 help="When appended records are forced to disk: none, interval or always"),
@@ -333,6 +340,23 @@ CORE_SCHEMA = Section(
             "max_clock_skew_s": Option("float", 300.0, minimum=0.0,
                                        help="Largest difference from a server's Date header (S3, Histograms.json) "
                                             "that counts as a sane clock"),
+        }),
+        "supervise": Section(help="How telemetry run restarts services that die (docs/operations/deploy.md)",
+                             fields={
+            "backoff_initial_s": Option("float", 0.5, minimum=0.0,
+                                        help="Wait before restarting a service that died; doubles while it "
+                                             "keeps dying quickly"),
+            "backoff_max_s": Option("float", 30.0, minimum=0.1,
+                                    help="Longest wait before a restart (a service that lived this long starts "
+                                         "again from backoff_initial_s)"),
+            "crash_loop_restarts": Option("int", 5, minimum=1,
+                                          help="Restarts of one service within crash_loop_window_s after which "
+                                               "the node gives up and exits 4"),
+            "crash_loop_window_s": Option("float", 60.0, minimum=1.0,
+                                          help="The window, in seconds, in which crash_loop_restarts are counted"),
+            "stop_timeout_s": Option("float", 30.0, minimum=0.0,
+                                     help="Seconds a service may take to stop (on SIGTERM, or before a restart) "
+                                          "before it is killed"),
         }),
         "metrics": Section(help="Metrics export", fields={
             "graphite": Section(

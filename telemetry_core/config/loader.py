@@ -28,12 +28,12 @@ import yaml
 
 from .keys import CORE_SCHEMA
 from ..errors import ConfigError
+from ..redaction import REDACTED, redact_mapping
 from .options import Option, Section
 
 #: Config files larger than this are refused (a config is a few KiB).
 MAX_CONFIG_BYTES = 1 << 20
 SET_SOURCE = "--set"
-REDACTED = "***"
 _VAR = re.compile(r"\$(\$|\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\})")
 
 
@@ -137,11 +137,14 @@ class Config:
         return Path(self.data["data_dir"])
 
     def redacted(self) -> dict[str, Any]:
-        """A deep copy with every secret value replaced by ``***`` (for display and logs)."""
+        """A copy with every secret value replaced by ``***`` (for display and logs): the keys
+        declared secret or filled from ``${VAR}``, credentials in URLs, and keys whose names
+        look secret in free-form maps such as ``reduce.spark.conf``
+        (:func:`telemetry_core.redaction.redact_mapping`)."""
         out = copy.deepcopy(self.data)
         for key in self.secret_keys:
             _redact(out, key.split("."))
-        return out
+        return redact_mapping(out)
 
 
 def _redact(node: Any, parts: list[str]) -> None:

@@ -14,6 +14,7 @@ import logging.config
 from typing import Any
 
 from ..errors import ConfigError
+from ..redaction import redact
 
 DEFAULT_FORMAT = "%(asctime)s %(levelname)s [%(node_id)s] %(name)s: %(message)s"
 #: Libraries that log routine chatter at INFO (e.g. botocore's "Found credentials
@@ -36,6 +37,16 @@ def set_node_id(node_id: str) -> None:
     logging.setLogRecordFactory(_record_factory)
 
 
+class RedactingFormatter(logging.Formatter):
+    """A formatter whose lines pass through :func:`telemetry_core.redaction.redact`
+    (credentials in URLs, secret query values), tracebacks included.  The default
+    setup uses it; a dictConfig section names it as
+    ``{"()": "telemetry_core.config.logging_setup.RedactingFormatter", "format": ...}``."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return redact(super().format(record))
+
+
 def configure_logging(section: dict[str, Any], source: str = "config") -> None:
     """Apply the ``logging:`` section."""
     logging.setLogRecordFactory(_record_factory)
@@ -51,7 +62,7 @@ def configure_logging(section: dict[str, Any], source: str = "config") -> None:
         if getattr(handler, "telemetry_default", False):
             root.removeHandler(handler)
     handler = logging.StreamHandler()
-    handler.setFormatter(logging.Formatter(DEFAULT_FORMAT))
+    handler.setFormatter(RedactingFormatter(DEFAULT_FORMAT))
     handler.telemetry_default = True  # type: ignore[attr-defined]
     root.addHandler(handler)
     root.setLevel(section.get("level", "INFO"))

@@ -30,6 +30,7 @@ from typing import Any, Callable, Iterable
 
 import click
 
+from ..redaction import redact
 from ..hookspecs import hookimpl
 from ..commands import config_options
 
@@ -50,7 +51,7 @@ class CheckResult:
     def line(self) -> str:
         """The one line printed for this check."""
         text = f"{self.status:<5} {self.name}: {self.detail}"
-        return f"{text}; fix: {self.fix}" if self.fix and self.status in (FAIL, WARN) else text
+        return redact(f"{text}; fix: {self.fix}" if self.fix and self.status in (FAIL, WARN) else text)
 
 
 def _size(value: float) -> str:

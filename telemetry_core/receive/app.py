@@ -10,6 +10,15 @@ listed in ``docs/receive.md``.  The rules that matter most:
   raw first: nothing is acknowledged that is not in the spool);
 * a full disk, a failing spool, overload and shutdown answer 503 with
   ``Retry-After`` (clients keep the ping and retry), never a silent loss;
+* a request counts against ``receive.max_in_flight`` only once its body is
+  complete; bodies still arriving are bounded apart
+  (``receive.max_slow_bodies``, ``receive.body_timeout_s``), so slow
+  clients cannot take the slots of fast ones;
+* a client that half-closes its connection after a complete request still
+  gets its answer (:class:`EdgeRunner`);
+* ``GET /`` and ``/__heartbeat__`` give the same readiness (:meth:`EdgeHandlers.readiness`);
+* an absolute-form request target (``POST http://host/submit/...``) is read
+  by its path component only (RFC 9112 §3.2.2);
 * every refusal is counted by reason under ``/edge/rejected``.
 
 The body is read as sent (aiohttp's automatic decompression is off; see
@@ -23,11 +32,12 @@ import logging
 import time
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import unquote_to_bytes
+from urllib.parse import unquote_to_bytes, urlsplit
 
 import orjson
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.web_protocol import RequestHandler
 
 from .. import __version__
 from ..compress import bounded_gzip
@@ -38,8 +48,8 @@ from .spool_thread import SpoolThread
 from ..records import Rejection, Submission, SubmissionPath
 from ..store.spool.files import SpoolError, SpoolRecordError, SpoolWriteError
 
-__all__ = ["SUBMIT_PREFIX", "EdgeHandlers", "EdgeSettings", "EdgeState", "build_app", "decode_submission_path",
-           "runner_options"]
+__all__ = ["SUBMIT_PREFIX", "EdgeHandlers", "EdgeRunner", "EdgeSettings", "EdgeState", "build_app",
+           "decode_submission_path", "origin_path", "runner_options"]
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +67,8 @@ class EdgeSettings:
     max_path_bytes: int = 10 * 1024
     max_batch_records: int = 1000
     max_in_flight: int = 512
-    body_timeout_s: float = 30.0
+    max_slow_bodies: int = 512
+    body_timeout_s: float = 10.0
     idle_timeout_s: float = 75.0
     drain_timeout_s: float = 20.0
     retry_after_s: int = 30
@@ -75,6 +86,8 @@ class EdgeState:
     ready: bool = False
     draining: bool = False
     in_flight: int = 0
+    #: Requests whose body was not all there when their handler started, still reading it.
+    reading: int = 0
 
 
 def runner_options(settings: EdgeSettings) -> dict[str, Any]:
@@ -88,13 +101,28 @@ def runner_options(settings: EdgeSettings) -> dict[str, Any]:
             "max_line_size": max(8190, 3 * settings.max_path_bytes + len(SUBMIT_PREFIX) + 64)}
 
 
+def origin_path(target: str) -> str:
+    """The path of a raw request target, still percent-encoded, without its query.
+
+    An absolute-form target (``http://host/submit/...``, RFC 9112 §3.2.2) gives
+    its URL's path component: the host part never becomes part of the path.
+    """
+    if not target.startswith("/"):
+        return urlsplit(target).path or "/"
+    return target.split("?", 1)[0]
+
+
 def decode_submission_path(raw_path: str, max_path_bytes: int) -> str | Rejection:
     """The path after ``/submit/telemetry/``, percent-decoded, from the raw request target.
 
     Decoding is per segment, so an encoded ``/`` (``%2F``) cannot smuggle in
-    a segment; the query string is ignored.  Non-UTF-8 paths are refused.
+    a segment; the query string is ignored, and so is the scheme and host of
+    an absolute-form target (:func:`origin_path`).  Non-UTF-8 paths are refused.
     """
-    raw = raw_path.split("?", 1)[0][len(SUBMIT_PREFIX):]
+    path = origin_path(raw_path)
+    if not path.startswith(SUBMIT_PREFIX):
+        return Rejection(404, "unknown_path", "nothing is served at this path")
+    raw = path[len(SUBMIT_PREFIX):]
     if len(raw) > 3 * max_path_bytes:
         return Rejection(414, "path_too_long", f"submission path is over {max_path_bytes} bytes")
     if "%" not in raw and raw.isascii():
@@ -168,17 +196,14 @@ class EdgeHandlers:
                                                                     "use POST or PUT"),
                                headers={"Allow": ", ".join(SUBMIT_METHODS)})
         started = time.perf_counter()
-        state = self.state
-        state.in_flight += 1
         self.stats.requests += 1
         try:
             return await self._submit(request)
         finally:
-            state.in_flight -= 1
             self.stats.latency.addValue(time.perf_counter() - started)
 
     async def _submit(self, request: web.Request) -> web.StreamResponse:
-        early = self._admission()
+        early = self.health.refusal()
         if early is not None:
             return self.reject(early)
         path = decode_submission_path(request.raw_path, self.settings.max_path_bytes)
@@ -195,21 +220,29 @@ class EdgeHandlers:
         body = await self._read_body(request)
         if isinstance(body, Rejection):
             return self.reject(body)
-        submission = self._submission(request, parsed, path, body, encoding, _now_ms())
-        rejection = await self._spool(submission)
+        overloaded = self._admission()
+        if overloaded is not None:
+            return self.reject(overloaded)
+        self.state.in_flight += 1
+        try:
+            submission = self._submission(request, parsed, path, body, encoding, _now_ms())
+            rejection = await self._spool(submission)
+        finally:
+            self.state.in_flight -= 1
         if rejection is not None:
             return self.reject(rejection)
         return self._answer(200, _OK)
 
     def _admission(self) -> Rejection | None:
-        """Refuse before reading anything when this worker cannot take a submission now.
+        """Refuse a request whose body is complete when this worker has ``max_in_flight``
+        such requests already (a full disk is refused before the body is read).
 
         A request that reaches a draining worker (on a connection it already
         had) is still served: the spool stays open until the drain is over.
         """
-        if self.state.in_flight > self.settings.max_in_flight:
+        if self.state.in_flight >= self.settings.max_in_flight:
             return Rejection(503, "overloaded", "too many requests in flight; retry later")
-        return self.health.refusal()
+        return None
 
     def _submission(self, request: web.Request, parsed: SubmissionPath, path: str, body: bytes,
                     encoding: str, received_at_ms: int) -> Submission:
@@ -225,11 +258,18 @@ class EdgeHandlers:
         if length is not None and length > self.settings.max_body_bytes:
             return Rejection(413, "body_too_large", f"body of {length} bytes is over the limit of "
                                                     f"{self.settings.max_body_bytes}")
+        state = self.state
         try:
-            if request.content.is_eof():  # all of it is here already: no timer needed
+            if request.content.is_eof():  # all of it is here already: no timer, no slot needed
                 return await request.read()
-            async with asyncio.timeout(self.settings.body_timeout_s):
-                return await request.read()
+            if state.reading >= self.settings.max_slow_bodies:
+                return Rejection(503, "too_many_slow_bodies", "too many bodies still arriving; retry later")
+            state.reading += 1
+            try:
+                async with asyncio.timeout(self.settings.body_timeout_s):
+                    return await request.read()
+            finally:
+                state.reading -= 1
         except TimeoutError:
             return Rejection(408, "body_timeout", f"the body did not arrive within "
                                                   f"{self.settings.body_timeout_s:g} s")
@@ -288,6 +328,16 @@ class EdgeHandlers:
         records = split_batch(body, kind, self.settings.max_batch_records)
         if isinstance(records, Rejection):
             return self.reject(records)
+        overloaded = self._admission()
+        if overloaded is not None:
+            return self.reject(overloaded)
+        self.state.in_flight += 1
+        try:
+            return await self._batch_records(request, records)
+        finally:
+            self.state.in_flight -= 1
+
+    async def _batch_records(self, request: web.Request, records: list[Any]) -> web.StreamResponse:
         received_at_ms = _now_ms()
         results = []
         accepted = 0
@@ -320,12 +370,23 @@ class EdgeHandlers:
 
     # ------------------------------------------------------------------ node endpoints
 
+    def readiness(self) -> tuple[bool, dict[str, Any]]:
+        """Whether this worker takes submissions now, and the checks that say so: the one
+        answer of ``GET /`` and ``/__heartbeat__``."""
+        checks = self.health.checks()
+        checks["accepting"] = {"ok": self.state.ready and not self.state.draining,
+                               "draining": self.state.draining}
+        return all(check["ok"] for check in checks.values()), checks
+
     async def motd(self, request: web.Request) -> web.StreamResponse:
-        """``GET /``: 200 with the version once this worker is ready, 503 while starting or draining."""
-        ready = self.state.ready and not self.state.draining
+        """``GET /``: 200 with the version when this worker takes submissions (the same
+        readiness as ``/__heartbeat__``), else 503 naming the failing checks."""
+        ready, checks = self.readiness()
+        failing = ", ".join(name for name, check in checks.items() if not check["ok"])
         text = (f"telemetry-core {__version__} edge, node {self.node_id}, worker {self.worker}: "
-                f"{'ready' if ready else 'not ready'}\n")
-        return self._answer(200 if ready else 503, text.encode())
+                f"{'ready' if ready else f'not ready ({failing})'}\n")
+        return self._answer(200 if ready else 503, text.encode(),
+                            headers=None if ready else {"Retry-After": str(self.settings.retry_after_s)})
 
     async def lbheartbeat(self, request: web.Request) -> web.StreamResponse:
         """``GET /__lbheartbeat__``: the process answers and is not shutting down."""
@@ -335,10 +396,7 @@ class EdgeHandlers:
 
     async def heartbeat(self, request: web.Request) -> web.StreamResponse:
         """``GET /__heartbeat__``: 200 when the spool is writable and the disk above its floor, else 503."""
-        checks = self.health.checks()
-        checks["accepting"] = {"ok": self.state.ready and not self.state.draining,
-                               "draining": self.state.draining}
-        healthy = all(check["ok"] for check in checks.values())
+        healthy, checks = self.readiness()
         document = {"status": "ok" if healthy else "failing", "node_id": self.node_id, "worker": self.worker,
                     "checks": checks}
         return self._answer(200 if healthy else 503, orjson.dumps(document), "application/json",
@@ -369,6 +427,57 @@ class EdgeHandlers:
             return self.reject(Rejection(405, "method_not_allowed", f"{request.method} is not served here"),
                                headers={"Allow": ", ".join(sorted(allowed))})
         return self.reject(Rejection(404, "unknown_path", "nothing is served at this path"))
+
+
+class _AnswerHalfClosed(RequestHandler):
+    """aiohttp's connection handler, except that a client which shuts down its write side
+    after a complete request still gets the answer (aiohttp closes the transport on EOF).
+
+    A body cut short by the EOF still ends the connection at once (``truncated_body``);
+    so does an EOF on an idle keep-alive connection.
+    """
+
+    __slots__ = ("_last_payload", "_half_closed")
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        if self._messages:
+            self._last_payload = self._messages[-1][1]
+
+    def eof_received(self) -> bool | None:
+        payload = getattr(self, "_last_payload", None)
+        if payload is None or not payload.is_eof():
+            return None  # nothing asked, or a body cut short: close now
+        if self._waiter is not None and not self._waiter.done() and not self._messages:
+            return None  # idle between requests: nothing to answer
+        self._half_closed = True
+        self._close = not self._messages  # answer what arrived (pipelined requests too), then close
+        return True
+
+    async def finish_response(self, request: Any, resp: Any, start_time: float | None) -> Any:
+        result = await super().finish_response(request, resp, start_time)
+        if getattr(self, "_half_closed", False) and not self._messages:
+            self._close = True
+        return result
+
+
+class _EdgeServer(web.Server):
+    """The protocol factory of :class:`EdgeRunner`: every connection gets :class:`_AnswerHalfClosed`."""
+
+    def __call__(self) -> RequestHandler:
+        return _AnswerHalfClosed(self, loop=self._loop, **self._kwargs)
+
+
+class EdgeRunner(web.AppRunner):
+    """``web.AppRunner`` whose connections answer half-closed requests (:class:`_AnswerHalfClosed`).
+
+    Relies on aiohttp 3's server classes; tests/test_edge_hostile.py fails if that changes.
+    """
+
+    async def _make_server(self) -> web.Server:
+        server = await super()._make_server()
+        server.__class__ = _EdgeServer
+        return server
 
 
 def build_app(handlers: EdgeHandlers, extra_routes: list[Any] = ()) -> web.Application:

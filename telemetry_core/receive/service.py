@@ -1,7 +1,9 @@
 """Built-in plugin: the HTTP edge as a service of ``telemetry run``, plus its commands.
 
-* ``telemetry_services``: an :class:`~telemetry_core.receive.supervisor.EdgeService`
-  (workers sharing ``receive.host``:``receive.port``) for ``telemetry run``.
+* ``telemetry_services``: an :class:`~telemetry_core.receive.edge_process.EdgeProcessService`
+  for ``telemetry run``: the edge supervisor (:class:`~telemetry_core.receive.supervisor.EdgeService`,
+  workers sharing ``receive.host``:``receive.port``) in a process of its own, so
+  ``telemetry run`` can restart it.
   Disable this plugin (``plugins.disabled: [telemetry_core.receive.service]``) on a
   node that should not receive.
 * ``telemetry serve --config FILE``: only the edge, in the foreground,
@@ -33,9 +35,9 @@ __all__ = ["telemetry_register_commands", "telemetry_services"]
 
 @hookimpl
 def telemetry_services(engine: Any) -> list[Any]:
-    from .supervisor import EdgeService
+    from .edge_process import EdgeProcessService
 
-    return [EdgeService(engine)]
+    return [EdgeProcessService(engine)]
 
 
 @hookimpl

@@ -45,6 +45,7 @@ from ..engine import Engine
 from ..errors import ConfigError
 from ..store.spool.files import finish_orphans
 from ..store.spool.writer_plugin import spool_dir
+from ..supervision import describe_exit
 
 __all__ = ["BACKOFF_INITIAL_S", "MAX_START_FAILURES", "EdgeService", "EdgeStartError", "worker_count"]
 
@@ -89,12 +90,18 @@ class EdgeService:
 
     name = "edge"
 
-    def __init__(self, engine: Engine, *, workers: int | None = None) -> None:
+    def __init__(self, engine: Engine, *, workers: int | None = None, port: int | None = None,
+                 takeover: bool = False, node_pid: int | None = None) -> None:
         self.engine = engine
         config = engine.config
         receive = config["receive"]
         self.host: str = receive["host"]
-        self.port: int = receive["port"]
+        self.port: int = receive["port"] if port is None else port
+        #: Whether the port may already have listeners: workers of this node's earlier
+        #: supervisor that still serve while this one starts (``telemetry run`` checked the port).
+        self.takeover = takeover
+        #: The ``telemetry run`` process that restarts this supervisor (``None`` under ``serve``).
+        self.node_pid = node_pid
         self.workers = workers if workers is not None else worker_count(config)
         self.backlog = receive["backlog"]
         self.start_timeout_s = float(receive["start_timeout_s"])
@@ -119,7 +126,7 @@ class EdgeService:
         if moved:
             log.info("finished %d spool file(s) left open by an earlier run", len(moved))
         self._clear_stale_snapshots(node_id)
-        self._reservation, self.port = _reserve_port(self.host, self.port)
+        self._reservation, self.port = _reserve_port(self.host, self.port, probe=not self.takeover)
         self.stats.stats.workers = self.workers
         try:
             for slot in self._slots:
@@ -127,7 +134,9 @@ class EdgeService:
             deadline = time.monotonic() + self.start_timeout_s
             for slot in self._slots:
                 if not self._await_ready(slot, deadline):
-                    reason = slot.error or f"did not start listening within {self.start_timeout_s:g} s"
+                    code = slot.process.poll() if slot.process is not None else None
+                    reason = slot.error or (f"exited with {describe_exit(code)}" if code is not None else
+                                            f"did not start listening within {self.start_timeout_s:g} s")
                     raise EdgeStartError(f"edge worker {slot.index} could not start: {reason}")
         except BaseException:
             self._stop_workers(timeout=5.0)
@@ -171,7 +180,7 @@ class EdgeService:
 
     def _spawn(self, slot: _Slot) -> None:
         recipe = WorkerRecipe.from_engine(self.engine, worker=slot.index, host=self.host, port=self.port,
-                                          parent_pid=os.getpid())
+                                          parent_pid=os.getpid(), node_pid=self.node_pid)
         process = subprocess.Popen([sys.executable, "-m", "telemetry_core.receive.worker"],
                                    stdin=subprocess.PIPE, stdout=subprocess.PIPE, close_fds=True)
         assert process.stdin is not None and process.stdout is not None
@@ -250,7 +259,7 @@ class EdgeService:
                                                        self.backoff_max_s)
         slot.restart_at = now + delay
         log.warning("edge worker %d (pid %d) exited with %s after %.1f s%s; restarting in %.1f s",
-                    slot.index, process.pid, _describe_exit(process.returncode), lived,
+                    slot.index, process.pid, describe_exit(process.returncode), lived,
                     f", finished {len(moved)} spool file(s)" if moved else "", delay)
         self._publish()
 
@@ -270,7 +279,7 @@ class EdgeService:
                 process.wait()
         for process in processes:
             if process.returncode not in (0, None):
-                log.warning("edge worker pid %d exited with %s", process.pid, _describe_exit(process.returncode))
+                log.warning("edge worker pid %d exited with %s", process.pid, describe_exit(process.returncode))
 
     # ------------------------------------------------------------------ bookkeeping
 
@@ -307,20 +316,13 @@ def _read_status(stream: IO[bytes], slot: _Slot, ready: threading.Event) -> None
                 log.debug("edge worker %d printed: %s", slot.index, text[:200])
 
 
-def _reserve_port(host: str, port: int) -> tuple[socket.socket, int]:
-    """Check that ``host:port`` is free and hold it (bound, not listening) for the workers."""
+def _reserve_port(host: str, port: int, *, probe: bool = True) -> tuple[socket.socket, int]:
+    """Check that ``host:port`` is free (unless ``probe`` is false) and hold it (bound, not
+    listening) for the workers."""
     family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
                                                          flags=socket.AI_PASSIVE)[0]
-    probe = socket.socket(family, kind, proto)
-    try:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # ignore TIME_WAIT of an earlier run
-        probe.bind(address)  # without SO_REUSEPORT: fails if anything listens on the port
-        port = probe.getsockname()[1]
-    except OSError as error:
-        raise EdgeStartError(f"cannot listen on {host}:{port}: {error.strerror}; stop what uses it or set "
-                             f"another receive.port") from None
-    finally:
-        probe.close()
+    if probe:
+        port = _probe_port(family, kind, proto, address, host, port)
     reservation = socket.socket(family, kind, proto)
     try:
         reservation.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -332,13 +334,17 @@ def _reserve_port(host: str, port: int) -> tuple[socket.socket, int]:
     return reservation, port
 
 
-def _describe_exit(code: int | None) -> str:
-    if code is None:
-        return "no exit code"
-    if code < 0:
-        try:
-            return f"signal {signal.Signals(-code).name}"
-        except ValueError:
-            return f"signal {-code}"
-    return f"code {code}"
-
+def _probe_port(family: int, kind: int, proto: int, address: Any, host: str, port: int) -> int:
+    """Fail with :class:`EdgeStartError` when anything listens on the port; the port bound
+    (``receive.port: 0`` resolves to a free one)."""
+    probe = socket.socket(family, kind, proto)
+    try:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # ignore TIME_WAIT of an earlier run
+        probe.bind(address)  # without SO_REUSEPORT: fails if anything listens on the port
+        port = probe.getsockname()[1]
+    except OSError as error:
+        raise EdgeStartError(f"cannot listen on {host}:{port}: {error.strerror}; stop what uses it or set "
+                             f"another receive.port") from None
+    finally:
+        probe.close()
+    return port

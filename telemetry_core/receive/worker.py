@@ -12,9 +12,11 @@ The supervisor (:mod:`telemetry_core.receive.supervisor`) starts each worker as
    port;
 2. prints ``ready`` on stdout once it accepts connections (or ``error
    <message>`` and exits 2 when it cannot start);
-3. every second: lets the writer rotate/sync (``poll``), re-checks disk and
-   spool health, publishes its metrics snapshot every
-   ``receive.metrics_interval_s``, and stops if its parent is gone;
+3. every half second: lets the writer rotate/sync (``poll``), re-checks disk
+   and spool health, publishes its metrics snapshot every
+   ``receive.metrics_interval_s``; if its supervisor is gone it keeps serving
+   until a new supervisor of the node is ready or ``receive.orphan_grace_s``
+   passed, then stops as on SIGTERM;
 4. on SIGTERM (SIGINT is ignored: the supervisor owns the terminal): stops
    accepting, waits up to ``receive.drain_timeout_s`` for in-flight
    requests, finishes its spool file (atomic rename into ``finished/``),
@@ -43,9 +45,9 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
 from ..config.loader import RawConfig
-from .app import EdgeHandlers, EdgeSettings, EdgeState, build_app, runner_options
+from .app import EdgeHandlers, EdgeRunner, EdgeSettings, EdgeState, build_app, runner_options
 from .health import SpoolHealth
-from .node_metrics import EdgeStats, NodeMetrics
+from .node_metrics import EdgeStats, NodeMetrics, snapshot_path
 from .spool_thread import SpoolThread
 from ..engine import Engine
 from ..errors import TelemetryError
@@ -78,13 +80,16 @@ class WorkerRecipe:
     port: int
     parent_pid: int | None = None
     secret_keys: list[str] = field(default_factory=list)
+    #: The ``telemetry run`` process that restarts the supervisor, if any: while it lives,
+    #: a worker whose supervisor died keeps serving until a new supervisor is ready.
+    node_pid: int | None = None
 
     @classmethod
     def from_engine(cls, engine: Engine, *, worker: int, host: str, port: int,
-                    parent_pid: int | None = None) -> "WorkerRecipe":
+                    parent_pid: int | None = None, node_pid: int | None = None) -> "WorkerRecipe":
         config = engine.config
         return cls(config=copy.deepcopy(config.data), source=config.source, base_dir=str(config.base_dir),
-                   worker=worker, host=host, port=port, parent_pid=parent_pid,
+                   worker=worker, host=host, port=port, parent_pid=parent_pid, node_pid=node_pid,
                    secret_keys=sorted(config.secret_keys))
 
     def to_json(self) -> bytes:
@@ -142,13 +147,49 @@ class BadRequestCounter(logging.Filter):
         return True
 
 
+class AcceptErrorLog:
+    """The event loop's exception handler: ``socket.accept() out of system resource``
+    (EMFILE, ENFILE, ENOBUFS, ENOMEM) is logged as one line every ``interval_s`` seconds
+    with how many times it happened, instead of a traceback per failed accept.
+
+    asyncio itself backs off: it stops watching the listening socket and tries
+    again a second later.  Every other error goes to the loop's default handler.
+    """
+
+    MESSAGE = "socket.accept() out of system resource"
+
+    def __init__(self, worker: int, interval_s: float = 10.0) -> None:
+        self.worker = worker
+        self.interval_s = interval_s
+        self.count = 0
+        self.unreported = 0
+        self._last_logged: float | None = None
+
+    def __call__(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        if context.get("message") != self.MESSAGE:
+            loop.default_exception_handler(context)
+            return
+        self.count += 1
+        self.unreported += 1
+        now = time.monotonic()
+        if self._last_logged is None or now - self._last_logged >= self.interval_s:
+            error = context.get("exception")
+            since = "" if self._last_logged is None else f" in the last {now - self._last_logged:.0f} s"
+            log.error("edge worker %d cannot accept connections: %s (%d time(s)%s); it retries every second. "
+                      "Raise the open-file limit (ulimit -n / LimitNOFILE) or lower receive.backlog",
+                      self.worker, getattr(error, "strerror", None) or error, self.unreported, since)
+            self._last_logged, self.unreported = now, 0
+
+
 class EdgeWorker:
     """Serves one listening socket until asked to stop; see the module docstring."""
 
-    def __init__(self, engine: Engine, worker: int = 0, *, parent_pid: int | None = None) -> None:
+    def __init__(self, engine: Engine, worker: int = 0, *, parent_pid: int | None = None,
+                 node_pid: int | None = None) -> None:
         self.engine = engine
         self.worker = worker
         self.parent_pid = parent_pid
+        self.node_pid = node_pid
         config = engine.config
         self.settings = EdgeSettings.from_config(config)
         self.metrics_interval_s = float(config["receive"]["metrics_interval_s"])
@@ -159,6 +200,8 @@ class EdgeWorker:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
         self._publish_failed = False
+        self.orphan_grace_s = float(config["receive"]["orphan_grace_s"])
+        self._orphaned_at: float | None = None
 
     def request_stop(self) -> None:
         """Ask the worker to drain and stop; safe from any thread or a signal handler."""
@@ -168,6 +211,7 @@ class EdgeWorker:
     async def serve(self, sock: socket.socket, on_ready: Callable[[], None] | None = None) -> None:
         """Serve ``sock`` until :meth:`request_stop`; then drain, finish the spool file and return."""
         self._loop = asyncio.get_running_loop()
+        self._loop.set_exception_handler(AcceptErrorLog(self.worker))
         self._stop = asyncio.Event()
         engine = self.engine
         writer = engine.spool_writer(worker=self.worker)
@@ -185,7 +229,7 @@ class EdgeWorker:
             self.handlers = handlers = EdgeHandlers(engine, spool, settings=self.settings, state=self.state,
                                                     stats=stats, health=health, metrics=metrics,
                                                     worker=self.worker)
-            runner = web.AppRunner(build_app(handlers, engine.receive_routes()), **runner_options(self.settings))
+            runner = EdgeRunner(build_app(handlers, engine.receive_routes()), **runner_options(self.settings))
             await runner.setup()
             await web.SockSite(runner, sock).start()
             self.state.ready = True
@@ -229,10 +273,32 @@ class EdgeWorker:
                 next_publish = time.monotonic() + self.metrics_interval_s
                 document = metrics.own_document()
                 await loop.run_in_executor(None, self._publish, metrics, document)
-            if self.parent_pid is not None and os.getppid() != self.parent_pid:
-                log.warning("edge worker %d: the supervisor (pid %d) is gone; stopping", self.worker,
-                            self.parent_pid)
+            if self.parent_pid is not None and os.getppid() != self.parent_pid and self._orphaned_done():
                 self._stop.set()
+
+    def _orphaned_done(self) -> bool:
+        """Whether a worker whose supervisor died should stop now: once a new supervisor of
+        this node is ready (its snapshot names another live pid), or, unless the ``telemetry
+        run`` that restarts supervisors still runs, after ``receive.orphan_grace_s``."""
+        now = time.time()
+        restarter = self.node_pid is not None and _alive(self.node_pid)
+        if self._orphaned_at is None:
+            self._orphaned_at = now
+            log.warning("edge worker %d: the supervisor (pid %d) is gone; serving %s while a new one starts",
+                        self.worker, self.parent_pid,
+                        "on" if restarter else f"up to {self.orphan_grace_s:g} s more")
+        if not restarter and now - self._orphaned_at >= self.orphan_grace_s:
+            log.warning("edge worker %d: no new supervisor within %g s; stopping", self.worker, self.orphan_grace_s)
+            return True
+        try:
+            document = json.loads(snapshot_path(self.metrics_dir, self.engine.node_id, "supervisor").read_text())
+            pid, written_at = int(document["pid"]), float(document["written_at"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return False
+        if pid == self.parent_pid or written_at < self._orphaned_at or not _alive(pid):
+            return False
+        log.info("edge worker %d: a new supervisor (pid %d) is ready; stopping", self.worker, pid)
+        return True
 
     def _publish(self, metrics: NodeMetrics, document: dict[str, Any] | None = None) -> None:
         try:
@@ -244,6 +310,16 @@ class EdgeWorker:
             self._publish_failed = True
         else:
             self._publish_failed = False
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _address(sock: socket.socket) -> str:
@@ -264,7 +340,7 @@ def main() -> int:
         status.write(f"error {' '.join(str(error).split())}\n")
         status.flush()
         return EXIT_START_FAILED
-    worker = EdgeWorker(engine, recipe.worker, parent_pid=recipe.parent_pid)
+    worker = EdgeWorker(engine, recipe.worker, parent_pid=recipe.parent_pid, node_pid=recipe.node_pid)
 
     def ready() -> None:
         status.write("ready\n")

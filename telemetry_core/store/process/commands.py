@@ -15,6 +15,8 @@ import click
 
 from ...hookspecs import hookimpl
 from ...commands import EXIT_FAILED, config_options, fail, finish, load_engine, profile_option
+from ...redaction import redact
+from ...supervision import describe_exit
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +34,8 @@ def _worker(config_path: str | None, overrides: tuple[str, ...], main: bool) -> 
     engine = Engine.from_config(config_path, overrides)
     stop = threading.Event()
     _stop_on_signals(stop)
+    threading.Thread(target=_stop_without_parent, args=(stop, os.getppid()), name="parent-watch",
+                     daemon=True).start()
     lock = processor_lock(engine) if main else None
     processor = None
     try:
@@ -44,40 +48,54 @@ def _worker(config_path: str | None, overrides: tuple[str, ...], main: bool) -> 
             lock.release()
 
 
+def _stop_without_parent(stop: threading.Event, parent: int) -> None:
+    """Stop this worker once the process that started it (``telemetry run``) is gone."""
+    while not stop.wait(1.0):
+        if os.getppid() != parent:
+            log.warning("processor worker %d: its parent (pid %d) is gone; stopping", os.getpid(), parent)
+            stop.set()
+
+
 class ProcessorService:
-    """The processor as a ``telemetry run`` service: a main worker process
-    (holding the single-instance lock) plus ``process.workers - 1`` helpers."""
+    """One processor worker process as a ``telemetry run`` service: worker 0 holds the
+    single-instance lock, the others (``process.workers - 1``) help it.  Each worker
+    is its own service, so ``telemetry run`` restarts each one that dies on its own."""
 
-    name = "processor"
-
-    def __init__(self, engine: Any) -> None:
+    def __init__(self, engine: Any, index: int = 0) -> None:
+        self.engine = engine
         self.origin = engine.origin
-        self.workers = engine.config.get("process.workers")
-        self.processes: list[Any] = []
+        self.index = index
+        self.name = f"processor-{index}"
+        self.process: Any = None
+
+    def check(self) -> None:
+        """Refuse now what the worker would refuse at start (e.g. ``kms_key_id`` without
+        ``encryption: aws:kms``): build the publisher and the codec once."""
+        self.engine.publisher()
+        self.engine.codec(name=self.engine.config.get("compress.codec"))
 
     def start(self) -> None:
         context = multiprocessing.get_context("spawn")
-        for index in range(self.workers):
-            process = context.Process(target=_worker, args=(*self.origin, index == 0),
-                                      name=f"processor-{index}", daemon=False)
-            process.start()
-            self.processes.append(process)
+        self.process = context.Process(target=_worker, args=(*self.origin, self.index == 0),
+                                       name=self.name, daemon=False)
+        self.process.start()
 
     def stop(self, timeout: float) -> None:
-        for process in self.processes:
-            if process.is_alive():
-                os.kill(process.pid, signal.SIGTERM)
-        for process in self.processes:
-            process.join(timeout)
-            if process.is_alive():
-                log.warning("processor worker %s did not stop in %.0fs; killing it", process.pid, timeout)
-                process.kill()
-                process.join()
+        process = self.process
+        if process is None:
+            return
+        if process.is_alive():
+            os.kill(process.pid, signal.SIGTERM)
+        process.join(timeout)
+        if process.is_alive():
+            log.warning("processor worker %s did not stop in %.0fs; killing it", process.pid, timeout)
+            process.kill()
+            process.join()
 
     def failed(self) -> str | None:
-        for process in self.processes:
-            if process.exitcode not in (None, 0):
-                return f"worker {process.name} exited with code {process.exitcode}"
+        process = self.process
+        if process is not None and process.exitcode is not None:
+            return f"worker {process.name} (pid {process.pid}) exited with {describe_exit(process.exitcode)}"
         return None
 
 
@@ -85,7 +103,7 @@ class ProcessorService:
 def telemetry_services(engine: Any) -> list[Any]:
     """First in the list, so ``telemetry run`` starts the processor before the edge
     and stops it after the edge has drained and finished its spool files."""
-    return [ProcessorService(engine)]
+    return [ProcessorService(engine, index) for index in range(engine.config.get("process.workers"))]
 
 
 @hookimpl
@@ -138,7 +156,7 @@ def telemetry_register_commands(cli: click.Group) -> None:
                     os.kill(worker.pid, signal.SIGTERM)
                     worker.join()
         except TelemetryError as exc:
-            click.echo(f"error: {exc}", err=True)
+            click.echo(f"error: {redact(exc)}", err=True)
             code = EXIT_FAILED
         finally:
             if processor is not None:
@@ -180,7 +198,7 @@ def telemetry_register_commands(cli: click.Group) -> None:
         result = run_reconcile(engine.publisher(), ids, waiting, expire_after_days=expire_days,
                                held=local_holdings(engine))
         for problem in result.problems:
-            click.echo(f"problem: {problem}")
+            click.echo(f"problem: {redact(problem)}")
         for record_id in result.missing_ids:
             click.echo(f"missing: {record_id}")
         for record_id in result.duplicated_ids:

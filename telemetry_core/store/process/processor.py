@@ -57,6 +57,7 @@ from typing import Any
 import orjson
 from greplin import scales
 
+from ...redaction import redact
 from ...dedup.deduplicator import Deduplicator
 from ...dedup.ledger import finished_ledger_files, ledger_archive_key
 from ...dedup.rules import DedupUnavailableError
@@ -416,7 +417,7 @@ class Processor:
             self._outages_this_run[source.name] = self._outages_this_run.get(source.name, 0) + 1
         else:
             state.attempts += 1
-        state.last_error = f"{type(exc).__name__}: {' '.join(str(exc).split())}"[:2000]
+        state.last_error = redact(f"{type(exc).__name__}: {' '.join(str(exc).split())}")[:2000]
         log.error("processing %s failed in phase %s (%s): %s", source.name, state.phase,
                   f"outage {state.outages}, retried until it ends" if outage
                   else f"attempt {state.attempts} of {self.max_attempts}", state.last_error,
