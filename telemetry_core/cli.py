@@ -25,6 +25,7 @@ from .engine import Engine
 from .errors import ConfigError, PluginLoadError, TelemetryError
 from .commands import (EXIT_CONFIG, EXIT_FAILED, EXIT_PLUGIN, config_options, fail, finish, load_engine,
                        profile_option)
+from .metrics.heartbeat import NodeMonitor
 from .metrics.stats import add_families, read_snapshots, render_families
 
 log = logging.getLogger(__name__)
@@ -126,6 +127,7 @@ def run(config_path: str | None, overrides: tuple[str, ...], duration: float | N
     engine.startup(command="run")
     started = []
     exit_code = 0
+    monitor = NodeMonitor(engine).start()  # the node view's "run" member, throughput history, heartbeat
     try:
         services = engine.services()
         if not services:
@@ -143,6 +145,7 @@ def run(config_path: str | None, overrides: tuple[str, ...], duration: float | N
         for service in reversed(started):
             service.stop(timeout=30.0)
             log.info("stopped %s", service.name)
+        monitor.stop()
         finish(engine, "run")
     sys.exit(exit_code)
 
