@@ -25,7 +25,7 @@ setup(
     python_requires=">=3.11",
     packages=find_packages(include=["telemetry_core", "telemetry_core.*"]),
     include_package_data=True,
-    package_data={"telemetry_core": ["data/*.json", "data/**/*"]},
+    package_data={"telemetry_core": ["data/*.json", "data/**/*", "receive/static/*"]},
     install_requires=[
         "pluggy>=1.5",
         "PyYAML>=6.0",

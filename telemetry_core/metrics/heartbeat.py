@@ -55,8 +55,7 @@ class NodeMonitor:
 
     def start(self) -> "NodeMonitor":
         clear_members(self.directory, self.node_id)
-        self.sample()
-        self._last_beat = (time.monotonic(), self.history[-1]["totals"])
+        self._last_beat = (time.monotonic(), self.sample()["totals"])
         self.publisher.publish()
         self._thread = threading.Thread(target=self._run, name="node-monitor", daemon=True)
         self._thread.start()
@@ -81,7 +80,7 @@ class NodeMonitor:
     def heartbeat(self) -> str:
         """The heartbeat line for the time since the last one (also logged at INFO)."""
         now = time.monotonic()
-        current = self.history[-1]["totals"] if self.history else {}
+        current = totals(self.view.status()["node"])
         since, before = self._last_beat or (now, current)
         elapsed = max(now - since, 1e-9)
         self._last_beat = (now, current)
@@ -108,7 +107,6 @@ class NodeMonitor:
                     self.sample()
                 if next_beat is not None and now >= next_beat:
                     next_beat = now + self.heartbeat_s
-                    self.sample()
                     self.heartbeat()
                 self.publisher.publish()
             except Exception:  # noqa: BLE001 - observing must never stop the node; say what broke
