@@ -156,7 +156,7 @@ class MemberPublisher:
             return
         target = retired_path(self.directory, self.node_id, self.member)
         retired = _read(target) or {}
-        stats = previous.get("stats", {})
+        stats = merge_trees([previous.get("stats", {})])  # its percentiles are stale: counts only
         restarts = 1
         if retired.get("successor_pid") == previous.get("pid"):  # the predecessor was a successor too
             stats = merge_trees([stats, retired.get("stats", {})])

@@ -19,7 +19,7 @@
   }
 
   /* Draw bars of `values` (labels under them, thinned to fit) into `container`, replacing what was there.
-     options: title, width, height, color, unit (appended to the tooltip). */
+     options: title, width, height, color, unit (appended to the tooltip), maxBar (widest slot, px). */
   function bars(container, labels, values, options) {
     options = options || {};
     var width = options.width || 480, height = options.height || 160;
@@ -34,7 +34,7 @@
       svg.appendChild(el("line", {x1: left, x2: left + plotW, y1: y, y2: y, class: "chart-grid"}));
       svg.appendChild(el("text", {x: left - 4, y: y + 4, "text-anchor": "end", class: "chart-axis"}, short(max * f)));
     });
-    var n = values.length || 1, slot = plotW / n, gap = Math.min(2, slot * 0.2);
+    var n = values.length || 1, slot = Math.min(plotW / n, options.maxBar || Infinity), gap = Math.min(2, slot * 0.2);
     var every = Math.max(1, Math.ceil(n / Math.max(1, Math.floor(plotW / 56))));
     values.forEach(function (value, i) {
       var h = Math.max(0, value / max * plotH), x = left + i * slot + gap / 2;
