@@ -9,7 +9,7 @@ import re
 import signal
 import time
 
-from edge_fixtures import EdgeNode, fixture_ping, get, new_id, post, request
+from edge_fixtures import REPO, EdgeNode, fixture_ping, get, new_id, post, request
 from telemetry_core.metrics.node import MemberPublisher, member_path, read_members, retired_path
 from telemetry_core.metrics.node_view import NodeView
 from telemetry_core.metrics.stats import counter_stats
@@ -62,9 +62,19 @@ def sample_sum(text, name, **labels):
     return total
 
 
+def docs_convert_plugin(directory):
+    """The convert-hook example of docs/writing-plugins.md, as a file to load."""
+    text = (REPO / "docs" / "writing-plugins.md").read_text()
+    (block,) = [b for b in re.findall(r"```python\n(.*?)```", text, flags=re.S) if "count_addons" in b]
+    path = directory / "count_addons.py"
+    path.write_text(block)
+    return path
+
+
 def test_run_shows_the_processor_in_status_metrics_logs_and_profile(tmp_path):
     profile = tmp_path / "run.prof"
-    node = run_node(tmp_path, extra_args=["--profile", str(profile)])
+    plugin = docs_convert_plugin(tmp_path)
+    node = run_node(tmp_path, f"plugins.load=[{plugin}]", extra_args=["--profile", str(profile)])
     try:
         send_pings(node)
         status = wait_for(lambda: processed(node, PINGS + BROKEN), what="the pings to be processed")
@@ -77,7 +87,12 @@ def test_run_shows_the_processor_in_status_metrics_logs_and_profile(tmp_path):
         assert processor["hooks"]["telemetry_convert_payload"]["calls"] >= PINGS
         assert processor["plugins"]["convert.histograms"]["telemetry_convert_payload"]["calls"] >= PINGS
         assert status["node"]["hooks"]["telemetry_receive_validate"]["calls"] == PINGS + BROKEN
+        assert processor["count_addons"]["records"] == PINGS  # a third-party plugin's counters
+        assert status["node"]["count_addons"]["records"] == PINGS
         metrics = get(node.port, "/metrics").text
+        assert sample_sum(metrics, "telemetry_count_addons_records", process="processor-0") == PINGS
+        assert sample_sum(metrics, "telemetry_plugin_hook_calls_total", plugin="count_addons",
+                          hook="telemetry_convert_payload") == PINGS
         assert sample_sum(metrics, "telemetry_hook_calls_total", hook="telemetry_convert_payload") >= PINGS
         assert sample_sum(metrics, "telemetry_hook_calls_total", hook="telemetry_convert_payload",
                           process="processor-0") >= PINGS
