@@ -109,6 +109,7 @@ class NodeView:
             "started_at": run.get("started_at") or (min(started) if started else now),
             "processes": {name: {"pid": doc.get("pid"), "age_s": round(now - doc.get("written_at", now), 3),
                                  "live": name == self.member, "restarts": doc.get("restarts", 0),
+                                 "part_of": doc.get("part_of"),
                                  "started_at": doc.get("started_at"), "stats": doc.get("stats", {})}
                           for name, doc in members.items()},
             "workers": {name[len("worker-"):]: {"pid": doc.get("pid"), "age_s": round(now - doc.get("written_at", now), 3),

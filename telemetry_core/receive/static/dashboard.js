@@ -100,7 +100,8 @@
     var restarts = ((status.processes.run || {}).stats || {}).services || {};
     var rows = Object.keys(status.processes).sort().map(function (name) {
       var p = status.processes[name];
-      return {key: name, cells: [name, String(p.pid), seconds(p.age_s), number(p.restarts)]};
+      var age = p.part_of ? "counted in " + p.part_of : seconds(p.age_s);
+      return {key: name, cells: [name, String(p.pid), age, number(p.restarts)]};
     });
     Object.keys(restarts).sort().forEach(function (service) {
       rows.push({key: "service:" + service, cells: ["service " + service, "", "", number(restarts[service].restarts)]});
