@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from setuptools import Extension, find_packages, setup
+from setuptools import Extension, find_namespace_packages, setup
 
 HERE = Path(__file__).parent
 
@@ -23,9 +23,11 @@ setup(
     long_description_content_type="text/markdown",
     license="MPL-2.0",
     python_requires=">=3.11",
-    packages=find_packages(include=["telemetry_core", "telemetry_core.*"]),
+    # Namespace packages: the data directories (data/, receive/static/) are packages too, so
+    # setuptools installs them without "absent from the packages configuration" warnings.
+    packages=find_namespace_packages(include=["telemetry_core", "telemetry_core.*"], exclude=["*.__pycache__"]),
     include_package_data=True,
-    package_data={"telemetry_core": ["data/*.json", "data/**/*"]},
+    package_data={"telemetry_core": ["data/*.json", "data/**/*", "receive/static/*"]},
     install_requires=[
         "pluggy>=1.5",
         "PyYAML>=6.0",
@@ -53,6 +55,7 @@ setup(
             "zstandard>=0.22",
             "redis>=5.0",
             "pyspark>=3.5,<3.6",
+            "playwright>=1.40",  # drives the system's Chromium in tests/test_dashboard.py (no browser download)
         ],
     },
     # The compiled fast path of histogram conversion.  Optional: without a C
@@ -66,7 +69,6 @@ setup(
     entry_points={"console_scripts": ["telemetry = telemetry_core.cli:main"]},
     classifiers=[
         "Programming Language :: Python :: 3.11",
-        "License :: OSI Approved :: Mozilla Public License 2.0 (MPL 2.0)",
         "Framework :: Pluggy",
     ],
 )

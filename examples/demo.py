@@ -10,9 +10,16 @@
 3. waits until every acknowledged ping is processed and published, stops the
    node cleanly (SIGTERM) and checks with ``telemetry reconcile`` that each
    acknowledged ping landed exactly once;
-4. runs the example jobs with every executor available here (local, and
-   Spark when pyspark and Java are installed) and prints their answers and
-   where everything landed.
+4. explains every difference between the acknowledged pings and the
+   records the jobs count (quarantined with their category, parked), from
+   the node's ``/status``;
+5. runs the example jobs with every executor available here (local, and
+   Spark when pyspark and Java are installed), prints their answers and
+   where everything landed, and draws the histogram job's output as bar
+   charts (``telemetry report``).
+
+It works in a fresh temporary directory (printed first), deleted at the end
+unless ``--keep``.
 """
 
 from __future__ import annotations
@@ -127,6 +134,29 @@ def settle(data_dir: Path, timeout: float = 120) -> None:
         time.sleep(0.5)
 
 
+def node_status(port: int) -> dict:
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        connection.request("GET", "/status")
+        return json.loads(connection.getresponse().read())
+    finally:
+        connection.close()
+
+
+def explain(acknowledged: int, status: dict) -> None:
+    """Why the jobs count fewer records than were acknowledged: every difference, from the node's /status."""
+    totals = status["totals"]
+    invalid = status["node"].get("processor", {}).get("invalid", {})
+    categories = ", ".join(f"{count} {name}" for name, count in sorted(invalid.items()) if count) or "none"
+    print(f"\nof {acknowledged} acknowledged pings: {totals['processed']} stored in the partitioned archive "
+          f"(what the jobs below count), {totals['quarantined']} quarantined to _invalid/ ({categories}; "
+          "e.g. a body that is not JSON is acknowledged, since the edge never parses it, and quarantined by "
+          f"the processor), {totals['parked']} parked waiting for their Histograms.json revision")
+    missing = acknowledged - totals["processed"] - totals["quarantined"] - totals["parked"]
+    if missing:
+        print(f"  {missing} not accounted for by /status: see telemetry reconcile above")
+
+
 def run(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run([TELEMETRY, *args], cwd=cwd, capture_output=True, text=True, timeout=900)
 
@@ -150,16 +180,21 @@ def main() -> None:
     port = free_port()
     config = ["--config", "plugins.yaml", "--set", f"receive.port={port}", "--set", "receive.spool.max_file_age_s=2",
               "--set", "convert.histograms.server=null", "--set", "process.poll_interval=0.2"]
-    print(f"demo directory: {workdir}")
+    where = "kept afterwards" if args.keep else "deleted at the end; run with --keep to look at it afterwards"
+    print(f"demo directory: {workdir} ({where})")
     node = subprocess.Popen([TELEMETRY, "run", *config], cwd=workdir, stdout=open(workdir / "run.log", "w"),
                             stderr=subprocess.STDOUT, start_new_session=True)
     try:
         wait_ready(port, node)
-        print(f"node ready on http://127.0.0.1:{port}/ (log: {workdir / 'run.log'})")
+        print(f"node ready on http://127.0.0.1:{port}/ (log: {workdir / 'run.log'}); "
+              f"live dashboard while it runs: http://127.0.0.1:{port}/dashboard")
         acked, refused = send_pings(port, args.pings, random.Random(2013))
-        print(f"sent {args.pings} pings: {len(acked)} acknowledged, {refused} refused by the edge")
+        print(f"sent {args.pings} pings: {len(acked)} acknowledged, {refused} refused by the edge "
+              "(a gzip bomb and a path without a valid id: answered 4xx, never stored)")
         time.sleep(3)
         settle(workdir / "data")
+        time.sleep(1.5)  # every process publishes its final figures
+        status = node_status(port)
     finally:
         node.send_signal(signal.SIGTERM)
         code = node.wait(timeout=120)
@@ -168,7 +203,10 @@ def main() -> None:
     ids = workdir / "acknowledged.txt"
     ids.write_text("\n".join(acked) + "\n")
     check = run("reconcile", *config, "--ids", str(ids), cwd=workdir)
-    print(check.stdout.strip().splitlines()[-1] if check.stdout else check.stderr)
+    print("telemetry reconcile --ids acknowledged.txt:")
+    for line in (check.stdout.strip().splitlines() or check.stderr.strip().splitlines()):
+        print(f"  {line}")
+    explain(len(acked), status)
     archive = workdir / "data" / "archive"
     print(f"\nwhere everything landed ({archive}):")
     areas: dict[str, list[int]] = {}
@@ -189,8 +227,19 @@ def main() -> None:
             print(output.read_text().rstrip() if output.exists() else result.stderr)
     if not executors[1:]:
         print("\n(the spark executor needs pyspark and Java: pip install 'telemetry-core[spark]')")
-    if not args.keep:
+    histograms = workdir / "histogram_aggregate.local.txt"
+    run("mapreduce", "--job", str(REPO / "examples" / "jobs" / "histogram_aggregate.py"), "--filter",
+        str(REPO / "examples" / "filters" / "all.json"), "--output", str(histograms), *config, cwd=workdir)
+    page = workdir / "histograms.html"
+    drawn = run("report", str(histograms), "--html", str(page), cwd=workdir) if histograms.exists() else None
+    if drawn is not None and drawn.returncode == 0:
+        print(f"\nhistogram_aggregate's output drawn as bar charts (telemetry report): {page}"
+              + ("" if args.keep else " (open it after a run with --keep)"))
+    if args.keep:
+        print(f"\nkept {workdir}: run.log, data/ (spool, archive, metrics), the jobs' outputs, histograms.html")
+    else:
         shutil.rmtree(workdir)
+        print(f"\ndeleted {workdir}; run bash examples/demo.sh --keep to keep it")
     sys.exit(0 if check.returncode == 0 and drained.returncode == 0 else 1)
 
 

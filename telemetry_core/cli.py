@@ -28,6 +28,7 @@ from .commands import (EXIT_CONFIG, EXIT_CRASH_LOOP, EXIT_FAILED, EXIT_PLUGIN, c
                        finish, load_engine, profile_option)
 from .redaction import REDACTED, has_userinfo
 from .supervision import RestartPolicy, ServiceSupervisor
+from .metrics.heartbeat import NodeMonitor
 from .metrics.stats import add_families, read_snapshots, render_families
 
 log = logging.getLogger(__name__)
@@ -133,6 +134,7 @@ def run(config_path: str | None, overrides: tuple[str, ...], duration: float | N
     engine.startup(command="run")
     supervisor = ServiceSupervisor([], RestartPolicy.from_config(engine.config))
     exit_code = 0
+    monitor = NodeMonitor(engine).start()  # the node view's "run" member, throughput history, heartbeat
     try:
         services = engine.services()
         check_services(services)  # a ConfigError here: exit 2 (main), nothing started
@@ -147,6 +149,7 @@ def run(config_path: str | None, overrides: tuple[str, ...], duration: float | N
             exit_code = EXIT_CRASH_LOOP
     finally:
         supervisor.stop()
+        monitor.stop()
         finish(engine, "run")
     sys.exit(exit_code)
 

@@ -22,12 +22,15 @@ from __future__ import annotations
 
 import cProfile
 import functools
+import glob
 import logging
+import os
 import sys
 from typing import Any, Callable
 
 import click
 
+from . import profiling
 from .engine import Engine
 from .errors import ConfigError, PluginLoadError
 from .metrics.stats import write_snapshot
@@ -47,21 +50,38 @@ def config_options(function: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def profile_option(function: Callable[..., Any]) -> Callable[..., Any]:
-    """``--profile FILE``: write cProfile stats of the command to FILE."""
+    """``--profile FILE``: write cProfile stats of the command, and of every process it starts, to FILE.
+
+    The processes the command starts (edge and processor workers) inherit
+    ``TELEMETRY_PROFILE`` and write ``FILE.<process>.<pid>.prof``; this process
+    writes ``FILE.main.<pid>.prof``, then FILE holds their sum
+    (:mod:`telemetry_core.profiling`).
+    """
     @click.option("--profile", "profile_path", type=click.Path(dir_okay=False), default=None, metavar="FILE",
-                  help="Write cProfile statistics of this command to FILE (read with python -m pstats).")
+                  help="Write cProfile statistics of this command and every process it starts to FILE "
+                       "(their sum; FILE.<process>.<pid>.prof each; read with python -m pstats).")
     @functools.wraps(function)
     def wrapper(*args: Any, profile_path: str | None, **kwargs: Any) -> Any:
         if profile_path is None:
             return function(*args, **kwargs)
+        target = os.path.abspath(profile_path)
+        for stale in glob.glob(glob.escape(target) + ".*.prof"):
+            os.unlink(stale)
+        previous = os.environ.get(profiling.ENVIRONMENT)
+        os.environ[profiling.ENVIRONMENT] = target
         profiler = cProfile.Profile()
         profiler.enable()
         try:
             return function(*args, **kwargs)
         finally:
             profiler.disable()
-            profiler.dump_stats(profile_path)
-            log.info("profile written to %s", profile_path)
+            if previous is None:
+                os.environ.pop(profiling.ENVIRONMENT, None)
+            else:
+                os.environ[profiling.ENVIRONMENT] = previous
+            profiler.dump_stats(profiling.part_path(target, "main"))
+            parts = profiling.merge_profiles(target)
+            log.info("profile of %d process(es) written to %s", len(parts), profile_path)
     return wrapper
 
 

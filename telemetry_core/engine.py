@@ -84,6 +84,9 @@ class Engine:
         #: ``startup``; ``None`` in every other process.  Per-process metric
         #: exporters (Graphite) use it to keep the workers' series apart.
         self.worker: int | None = None
+        #: This process's name in the node view (``worker-<n>``, ``processor-<n>``, ``run`` ...),
+        #: set by :func:`telemetry_core.metrics.node.member_process`; ``None`` elsewhere.
+        self.process_label: str | None = None
         self._counts = scales.collection("/convert", scales.IntStat("warnings"), scales.IntDictStat("warning_names"))
 
     # ------------------------------------------------------------------ construction

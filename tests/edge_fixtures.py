@@ -211,8 +211,8 @@ class EdgeNode:
         self.preexec_fn = preexec_fn
         self.process: subprocess.Popen[bytes] | None = None
 
-    def start(self, wait: bool = True, command: str = "serve") -> "EdgeNode":
-        args = [TELEMETRY, command, "--config", str(self.config)]
+    def start(self, wait: bool = True, command: str = "serve", extra_args: Iterable[str] = ()) -> "EdgeNode":
+        args = [TELEMETRY, command, "--config", str(self.config), *extra_args]
         for override in self.overrides:
             args += ["--set", override]
         log = open(self.log_path, "ab")

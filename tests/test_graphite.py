@@ -106,3 +106,24 @@ def test_edge_workers_push_their_own_series_and_the_supervisor_its_own(tmp_path,
     names = {line.split(" ")[0] for line in carbon.lines}
     assert wanted <= names, sorted(name for name in names if ".edge" in name)[:20]
     assert not any(name.startswith("tele.n1.edge.") for name in names)  # no unlabelled worker series
+
+
+def test_processor_workers_push_their_hooks_and_quarantine_counts(tmp_path, carbon):
+    """Under telemetry run the processor child pushes too: convert hooks and processor/invalid/<category>."""
+    from edge_fixtures import EdgeNode, new_id, post
+
+    node = EdgeNode(tmp_path, node_id="n1", overrides=[
+        f"metrics.graphite.port={carbon.port}", "metrics.graphite.interval=0.2", "metrics.graphite.prefix=tele",
+        "receive.spool.max_file_age_s=0.5", "process.poll_interval=0.1", "convert.histograms.server=null",
+        f"convert.histograms.cache_dir={tmp_path / 'hc'}"]).start(command="run")
+    wanted = {"tele.n1.processor-0.processor.invalid.corrupted_data",
+              "tele.n1.processor-0.hooks.telemetry_store_invalid.calls"}
+    try:
+        assert post(node.port, f"/submit/telemetry/{new_id()}", b"{not json").status == 200
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not wanted <= {line.split(" ")[0] for line in carbon.lines}:
+            time.sleep(0.1)
+    finally:
+        assert node.stop() == 0, node.log()
+    names = {line.split(" ")[0] for line in carbon.lines}
+    assert wanted <= names, sorted(name for name in names if "processor-0" in name)[:20]

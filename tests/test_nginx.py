@@ -22,14 +22,19 @@ from pathlib import Path
 
 import pytest
 
+from conftest import require_component
 from edge_fixtures import DIMS, REPO, EdgeNode, free_port, get, new_id, post, spool_records
 from telemetry_core.store.spool.files import finish_orphans
 
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 EXAMPLE = REPO / "examples" / "nginx" / "telemetry-edge.conf"
 
-pytestmark = pytest.mark.skipif(not os.path.exists(NGINX),
-                                reason="nginx is not installed (bash .ci/run installs it)")
+
+
+@pytest.fixture(autouse=True)
+def nginx_installed():
+    if not os.path.exists(NGINX):
+        require_component("nginx is not installed (bash .ci/run installs it)")
 
 
 class Nginx:

@@ -31,9 +31,28 @@ def _resolve(path):
 
 
 def test_concurrent_processes_agree_on_the_auto_id(tmp_path):
-    with multiprocessing.get_context("spawn").Pool(4) as pool:
-        ids = pool.map(_resolve, [tmp_path] * 8)
+    # Plain processes joined with a deadline, not a Pool: leaving ``with Pool()`` calls terminate(),
+    # and a spawn worker still starting up (pytest-cov hooks its SIGTERM) could outlive it and hang
+    # the join for minutes.
+    context = multiprocessing.get_context("spawn")
+    results = context.Queue()
+    processes = [context.Process(target=_resolve_into, args=(tmp_path, results)) for _ in range(8)]
+    for process in processes:
+        process.start()
+    try:
+        ids = [results.get(timeout=120) for _ in processes]
+    finally:
+        for process in processes:
+            process.join(timeout=30)
+            if process.is_alive():
+                process.kill()
+                process.join()
     assert len(set(ids)) == 1
+    assert all(process.exitcode == 0 for process in processes)
+
+
+def _resolve_into(path, results):
+    results.put(_resolve(path))
 
 
 def test_tampered_node_id_file_is_an_error(tmp_path):

@@ -265,6 +265,8 @@ CORE_SCHEMA = Section(
                               help="Processor worker processes; they coordinate by claiming spool files"),
             "poll_interval": Option("float", 1.0, minimum=0.01,
                                     help="Seconds between looks for finished spool files when idle"),
+            "log_files": Option("bool", True,
+                                help="Log one INFO line per processed spool file (records, seconds, MB/s)"),
             "max_inflated_bytes": Option("int", 20 * 1024 * 1024, minimum=1024,
                                          help="Largest inflated body accepted; bigger ones are oversized_data"),
             "max_attempts": Option("int", 5, minimum=1,
@@ -370,6 +372,17 @@ CORE_SCHEMA = Section(
                 }),
             "snapshot": Option("bool", True,
                                help="Write a metrics snapshot to data_dir/metrics/<command>.json on exit"),
+            "node_interval_s": Option("float", 1.0, minimum=0.1,
+                                      help="How often processor workers and the telemetry run parent publish "
+                                           "their counters for /status, /metrics and the dashboard"),
+            "heartbeat_s": Option("float", 60.0, minimum=0.0,
+                                  help="Seconds between telemetry run's one-line heartbeat log (rates, backlog); "
+                                       "0 = off"),
+        }),
+        "admin": Section(help="The node's operator endpoints (/status, /metrics, /dashboard)", fields={
+            "token": Option("str", None, nullable=True, secret=True,
+                            help="When set, /status, /metrics and /dashboard require "
+                                 "Authorization: Bearer <token>; use ${VAR}"),
         }),
         "logging": Section(
             help="logging.config.dictConfig mapping; empty = the default format on stderr",

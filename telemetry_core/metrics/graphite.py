@@ -8,10 +8,10 @@ for every command that uses the engine, it sends
 down costs a logged warning per interval, never the pipeline.
 
 Each process pushes its own stats.  An edge worker process pushes under
-``<prefix>.<node id>.worker-<n>.``, so the workers of one node do not
+``<prefix>.<node id>.worker-<n>.``, a processor worker under
+``<prefix>.<node id>.processor-<n>.``, so the processes of one node do not
 overwrite each other's series (add them up with ``sumSeries``); the
-supervisor (``telemetry serve`` / ``run``) pushes under
-``<prefix>.<node id>.``.
+parent of ``telemetry serve`` / ``run`` pushes under ``<prefix>.<node id>.``.
 """
 
 from __future__ import annotations
@@ -34,9 +34,11 @@ class GraphitePusher:
     """Sends the current stats to carbon every ``interval`` seconds."""
 
     def __init__(self, host: str, port: int, prefix: str, node_id: str, interval: float,
-                 timeout: float = 5.0, worker: int | None = None) -> None:
+                 timeout: float = 5.0, worker: int | None = None, process: str | None = None) -> None:
         self.address = (host, port)
-        self.prefix = f"{prefix}.{_SAFE.sub('_', node_id)}" + (f".worker-{worker}" if worker is not None else "")
+        if process is None and worker is not None:
+            process = f"worker-{worker}"
+        self.prefix = f"{prefix}.{_SAFE.sub('_', node_id)}" + (f".{_SAFE.sub('_', process)}" if process else "")
         self.interval = interval
         self.timeout = timeout
         self._stop = threading.Event()
@@ -92,7 +94,8 @@ class GraphitePlugin:
         if not settings:
             return
         self.pusher = GraphitePusher(settings["host"], settings["port"], settings["prefix"], engine.node_id,
-                                     settings["interval"], worker=engine.worker)
+                                     settings["interval"], worker=engine.worker,
+                                     process=getattr(engine, "process_label", None))
         self.pusher.start()
         log.info("pushing metrics to graphite at %s:%d every %gs", settings["host"], settings["port"],
                  settings["interval"])

@@ -42,6 +42,7 @@ from aiohttp.web_protocol import RequestHandler
 from .. import __version__
 from ..compress import bounded_gzip
 from .batch import BATCH_KINDS, split_batch
+from .dashboard import add_dashboard_routes, admin_token, require_token
 from .health import SpoolHealth
 from .node_metrics import EdgeStats, NodeMetrics
 from .spool_thread import SpoolThread
@@ -487,8 +488,10 @@ def build_app(handlers: EdgeHandlers, extra_routes: list[Any] = ()) -> web.Appli
     router = app.router
     router.add_route("*", SUBMIT_PREFIX + r"{rest:[\s\S]*}", handlers.submit)  # newlines too (they get a 400)
     router.add_get("/", handlers.motd)
-    router.add_get("/status", handlers.status)
-    router.add_get("/metrics", handlers.prometheus)
+    token = admin_token(handlers.engine)
+    router.add_get("/status", require_token(token, handlers.status))
+    router.add_get("/metrics", require_token(token, handlers.prometheus))
+    add_dashboard_routes(router, token)
     router.add_get("/__heartbeat__", handlers.heartbeat)
     router.add_get("/__lbheartbeat__", handlers.lbheartbeat)
     for route in extra_routes:

@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 from typing import IO, Any
 
 from .node_metrics import SupervisorStats, snapshot_path, write_document
+from ..metrics.node import clear_members
 from .worker import WorkerRecipe
 from ..engine import Engine
 from ..errors import ConfigError
@@ -290,7 +291,7 @@ class EdgeService:
 
     def _publish(self) -> None:
         path = snapshot_path(self.metrics_dir, self.engine.node_id, "supervisor")
-        document = {"command": path.stem, "node_id": self.engine.node_id, "pid": os.getpid(),
+        document = {"command": path.stem, "node_id": self.engine.node_id, "pid": os.getpid(), "member": "supervisor",
                     "written_at": time.time(), "port": self.port, "stats": self.stats.tree()}
         try:
             write_document(path, document)
@@ -299,8 +300,7 @@ class EdgeService:
 
     def _clear_stale_snapshots(self, node_id: str) -> None:
         """Remove worker snapshots of an earlier run (their pids may have been reused since)."""
-        for path in self.metrics_dir.glob(f"edge.{node_id}.worker-*.json"):
-            path.unlink(missing_ok=True)
+        clear_members(self.metrics_dir, node_id, "worker-*")
 
 
 def _read_status(stream: IO[bytes], slot: _Slot, ready: threading.Event) -> None:

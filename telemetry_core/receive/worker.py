@@ -52,6 +52,7 @@ from .spool_thread import SpoolThread
 from ..engine import Engine
 from ..errors import TelemetryError
 from ..plugins import load_plugins, make_plugin_manager
+from ..profiling import profiled
 from ..store.spool.files import SpoolError
 
 __all__ = ["EXIT_START_FAILED", "EdgeWorker", "WorkerRecipe", "engine_from_config_data", "main", "open_listener"]
@@ -219,7 +220,8 @@ class EdgeWorker:
         stats.watch_spool(getattr(writer, "stats", None))
         directory = getattr(writer, "open_dir", None)
         health = SpoolHealth(Path(directory) if directory is not None else None, self.min_free_disk_bytes)
-        metrics = NodeMetrics(self.metrics_dir, engine.node_id, self.worker, refresh=stats.sync)
+        metrics = NodeMetrics(self.metrics_dir, engine.node_id, self.worker, refresh=stats.sync,
+                              data_dir=engine.config.data_dir)
         spool = SpoolThread(writer)
         housekeeping: asyncio.Task[None] | None = None
         runner: web.AppRunner | None = None
@@ -233,6 +235,7 @@ class EdgeWorker:
             await runner.setup()
             await web.SockSite(runner, sock).start()
             self.state.ready = True
+            metrics.retire_predecessor()  # a restarted worker's counters go on from its predecessor's
             self._publish(metrics)
             log.info("edge worker %d (pid %d) accepting on %s", self.worker, os.getpid(), _address(sock))
             if on_ready is not None:
@@ -352,17 +355,19 @@ def main() -> int:
         await worker.serve(sock, on_ready=ready)
 
     engine.worker = recipe.worker
-    engine.startup(command="edge-worker")
-    try:
-        asyncio.run(run())
-    except (TelemetryError, OSError) as error:
-        status.write(f"error {' '.join(str(error).split())}\n")
-        status.flush()
-        log.error("edge worker %d failed: %s", recipe.worker, error)
-        return EXIT_START_FAILED
-    finally:
-        engine.shutdown(command="edge-worker")
-        sock.close()
+    engine.process_label = f"worker-{recipe.worker}"
+    with profiled(engine.process_label):  # when the node runs with --profile
+        engine.startup(command="edge-worker")
+        try:
+            asyncio.run(run())
+        except (TelemetryError, OSError) as error:
+            status.write(f"error {' '.join(str(error).split())}\n")
+            status.flush()
+            log.error("edge worker %d failed: %s", recipe.worker, error)
+            return EXIT_START_FAILED
+        finally:
+            engine.shutdown(command="edge-worker")
+            sock.close()
     return 0
 
 

@@ -1,4 +1,4 @@
-"""Built-in plugin: the ``telemetry mapreduce`` command.
+"""Built-in plugin: the ``telemetry mapreduce`` command (and ``telemetry report``, :mod:`.report`).
 
     telemetry mapreduce --job JOB.py --filter FILTER.json [--input DIR|s3://bucket/prefix]
                         --output OUT [--executor local|spark] [--mappers N] [--reducers M]
@@ -110,4 +110,7 @@ def make_command() -> click.Command:
 
 @hookimpl
 def telemetry_register_commands(cli: Any) -> None:
+    from .report import report_command
+
     cli.add_command(make_command())
+    cli.add_command(report_command)

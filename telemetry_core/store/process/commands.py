@@ -17,6 +17,7 @@ from ...hookspecs import hookimpl
 from ...commands import EXIT_FAILED, config_options, fail, finish, load_engine, profile_option
 from ...redaction import redact
 from ...supervision import describe_exit
+from ...metrics.node import MemberPublisher, member_process
 
 log = logging.getLogger(__name__)
 
@@ -39,8 +40,9 @@ def _worker(config_path: str | None, overrides: tuple[str, ...], main: bool) -> 
     lock = processor_lock(engine) if main else None
     processor = None
     try:
-        processor = Processor(engine)
-        processor.run_forever(stop, engine.config.get("process.poll_interval"))
+        with member_process(engine, _member_name(), "processor-worker"):  # in the node view, Graphite, --profile
+            processor = Processor(engine)
+            processor.run_forever(stop, engine.config.get("process.poll_interval"))
     finally:
         if processor is not None:
             processor.close()
@@ -54,6 +56,12 @@ def _stop_without_parent(stop: threading.Event, parent: int) -> None:
         if os.getppid() != parent:
             log.warning("processor worker %d: its parent (pid %d) is gone; stopping", os.getpid(), parent)
             stop.set()
+
+
+def _member_name() -> str:
+    """``processor-<n>``: the name the starting service gave this process (else one made from the pid)."""
+    name = multiprocessing.current_process().name
+    return name if name.startswith("processor-") else f"processor-{os.getpid()}"
 
 
 class ProcessorService:
@@ -147,11 +155,17 @@ def telemetry_register_commands(cli: click.Group) -> None:
                         click.echo(f"error: {name} is still failing; it stays in work/ for the next run", err=True)
                     code = EXIT_FAILED
             else:
-                extra = [multiprocessing.get_context("spawn").Process(target=_worker, args=(*engine.origin, False))
-                         for _ in range(engine.config.get("process.workers") - 1)]
+                extra = [multiprocessing.get_context("spawn").Process(target=_worker, args=(*engine.origin, False),
+                                                                      name=f"processor-{index}")
+                         for index in range(1, engine.config.get("process.workers"))]
                 for worker in extra:
                     worker.start()
-                processor.run_forever(stop, engine.config.get("process.poll_interval"))
+                publisher = MemberPublisher(engine.config.data_dir / "metrics", engine.node_id, "processor-0",
+                                            float(engine.config.get("metrics.node_interval_s"))).start()
+                try:
+                    processor.run_forever(stop, engine.config.get("process.poll_interval"))
+                finally:
+                    publisher.stop()
                 for worker in extra:
                     os.kill(worker.pid, signal.SIGTERM)
                     worker.join()

@@ -140,6 +140,7 @@ class Processor:
         self.limits = RecordLimits.from_config(settings["limits"])
         self.min_free_disk_bytes = settings["min_free_disk_bytes"]
         self.disk_retry_s = settings["disk_retry_s"]
+        self.log_files = settings["log_files"]
         #: Why processing is paused for the disk (``None`` while it is not), and until when.
         self.disk_paused: str | None = None
         self._paused_by_floor = False
@@ -365,6 +366,8 @@ class Processor:
                 raise
             self._pause_for_disk(exc)
             return
+        started, invalid_before = time.monotonic(), dict(self.stats.invalid)
+        counts = (0, 0, 0)
         try:
             if state.phase == "claimed":
                 counts = self._process(source, work, state)
@@ -381,13 +384,25 @@ class Processor:
                 self._publish(work, state)
                 state.phase = "published"
                 state.save(state_path)
+            size = source.stat().st_size
             self._finish(source, work)
             summary.files += 1
             self.stats.files_processed += 1
+            if self.log_files:
+                self._log_file(source.name, size, counts, time.monotonic() - started, invalid_before)
             if self.disk_paused is not None:
                 self._resume_after_disk(f"{source.name} went through")
         except Exception as exc:  # noqa: BLE001 - operational: keep input, count, retry or quarantine
             self._failed_attempt(source, work, state, exc, summary)
+
+    def _log_file(self, name: str, size: int, counts: tuple[int, int, int], seconds: float,
+                  invalid_before: dict[str, int]) -> None:
+        """The one INFO line per processed spool file (``process.log_files``)."""
+        duplicates = self.stats.invalid.get("duplicate", 0) - invalid_before.get("duplicate", 0)
+        valid, invalid, parked = counts
+        log.info("processed %s: %d records valid, %d invalid, %d duplicate, %d parked in %.2f s (%.2f MB/s)",
+                 name, valid, invalid - duplicates, duplicates, parked, seconds,
+                 size / 1e6 / seconds if seconds > 0 else 0.0)
 
     def _failed_attempt(self, source: Path, work: Path, state: WorkState, exc: Exception,
                         summary: RunSummary) -> None:
