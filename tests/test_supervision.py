@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import threading
@@ -177,9 +178,13 @@ def test_sigkill_of_every_service_under_load_keeps_the_node_up_and_loses_nothing
 
     snapshot = json.loads((node.data_dir / "metrics" / "run.json").read_text())
     services = snapshot["stats"]["services"]
-    assert services["edge"]["restarts"] >= kills["edge supervisor"]
+    # every restart (a start that then failed too) is counted; a death just before the stop is logged,
+    # not restarted
+    restarted = {role: len(re.findall(pattern, log)) for role, pattern in (
+        ("edge", r"restarted edge \(restart"), ("processor", r"restarted processor-\d+ \(restart"))}
+    assert services["edge"]["restarts"] >= max(restarted["edge"], kills["edge supervisor"] - 1)
     assert sum(s["restarts"] for name, s in services.items() if name.startswith("processor-")) \
-        >= kills["processor worker"]
+        >= max(restarted["processor"], kills["processor worker"] - 1)
 
 
 class Flaky:
