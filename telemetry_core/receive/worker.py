@@ -53,7 +53,7 @@ from ..engine import Engine
 from ..errors import TelemetryError
 from ..plugins import load_plugins, make_plugin_manager
 from ..profiling import profiled
-from ..store.spool.files import SpoolError
+from ..store.spool.files import SpoolError, process_alive
 
 __all__ = ["EXIT_START_FAILED", "EdgeWorker", "WorkerRecipe", "engine_from_config_data", "main", "open_listener"]
 
@@ -284,7 +284,7 @@ class EdgeWorker:
         this node is ready (its snapshot names another live pid), or, unless the ``telemetry
         run`` that restarts supervisors still runs, after ``receive.orphan_grace_s``."""
         now = time.time()
-        restarter = self.node_pid is not None and _alive(self.node_pid)
+        restarter = self.node_pid is not None and process_alive(self.node_pid)
         if self._orphaned_at is None:
             self._orphaned_at = now
             log.warning("edge worker %d: the supervisor (pid %d) is gone; serving %s while a new one starts",
@@ -298,7 +298,7 @@ class EdgeWorker:
             pid, written_at = int(document["pid"]), float(document["written_at"])
         except (OSError, ValueError, KeyError, TypeError):
             return False
-        if pid == self.parent_pid or written_at < self._orphaned_at or not _alive(pid):
+        if pid == self.parent_pid or written_at < self._orphaned_at or not process_alive(pid):
             return False
         log.info("edge worker %d: a new supervisor (pid %d) is ready; stopping", self.worker, pid)
         return True
@@ -313,16 +313,6 @@ class EdgeWorker:
             self._publish_failed = True
         else:
             self._publish_failed = False
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _address(sock: socket.socket) -> str:
