@@ -9,7 +9,11 @@ the crash-safe phases):
 2. **process** every record: decode (:mod:`telemetry_core.store.process.decoder`),
    convert hooks, serialize once, dedup hooks, store hooks (valid records
    into schema-partitioned work files, failures into ``_invalid/<category>/``
-   with their original bytes), then write the manifest;
+   with their original bytes), then write the manifest.  Records go
+   :data:`DEDUP_CHUNK` at a time: each is decoded, converted, serialized
+   and partitioned, the chunk's dedup decisions are made in one batch
+   (:meth:`~telemetry_core.dedup.deduplicator.Deduplicator.decide_many`),
+   then each is stored in order;
 3. **compress** each work file with the configured codec;
 4. **publish** each compressed file, then the manifest
    ``_manifests/<node>/<seq>.json`` (records, bytes, checksum, source), each
