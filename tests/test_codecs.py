@@ -102,7 +102,7 @@ def test_unknown_codec(engine):
         engine.codec(name="lz5")
 
 
-def test_missing_optional_package(engine, monkeypatch):
+def test_missing_zstandard_package_is_named(engine, monkeypatch):
     import builtins
 
     real_import = builtins.__import__
@@ -113,5 +113,17 @@ def test_missing_optional_package(engine, monkeypatch):
         return real_import(name, *args, **kwargs)
 
     monkeypatch.setattr(builtins, "__import__", without_zstandard)
-    with pytest.raises(ConfigError, match=r"pip install 'telemetry-core\[zstd\]'"):
+    with pytest.raises(ConfigError, match=r"pip install zstandard"):
         engine.codec(name="zstd")
+
+
+def test_zstd_is_the_default_codec_and_reads_line_by_line():
+    import io
+
+    from telemetry_core.compress.codecs_builtin import ZstdCodec
+    from telemetry_core.config.keys import CORE_SCHEMA
+
+    assert CORE_SCHEMA.fields["compress"].fields["codec"].default == "zstd"
+    packed = io.BytesIO()
+    ZstdCodec().compress(io.BytesIO(b"a\tb\n" * 3), packed, 0)
+    assert list(ZstdCodec().open_reader(io.BytesIO(packed.getvalue() * 2))) == [b"a\tb\n"] * 6

@@ -97,7 +97,7 @@ def test_dedup_end_to_end_unique_sessions(tmp_path, backend):
         assert live == {session: str(uptime) for session, uptime in truth.items()}  # the right record each
         archive = node.data_dir / "archive"
         assert list(archive.glob("_ledger/*.ledger"))
-        assert list(archive.glob("_invalid/duplicate/*.xz"))  # exact resubmissions left the main store
+        assert list(archive.glob("_invalid/duplicate/*.zst"))  # exact resubmissions left the main store
     finally:
         if redis is not None:
             redis.stop()

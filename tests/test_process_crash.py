@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import gzip
 import json
-import lzma
 import os
 import random
 import signal
@@ -13,6 +12,8 @@ import subprocess
 import threading
 import time
 from pathlib import Path
+
+from telemetry_core.compress.codecs_builtin import GzipCodec, XzCodec, ZstdCodec
 
 from edge_fixtures import DIMS, TELEMETRY, EdgeNode, fixture_ping, new_id, post
 
@@ -50,10 +51,15 @@ def phases_in_work(data_dir: Path) -> set[str]:
 
 
 def archived_ids(data_dir: Path) -> list[str]:
+    """Ids in every published file, whatever its codec (the default, zstd, here)."""
+    codecs = {codec.suffix: codec for codec in (XzCodec(), GzipCodec(), ZstdCodec())}
     ids = []
-    for path in (data_dir / "archive").rglob("*.log.xz"):
-        with lzma.open(path) as handle:
-            ids.extend(line.split(b"\t", 1)[0].decode() for line in handle)
+    for path in (data_dir / "archive").rglob("*.log.*"):
+        codec = codecs.get(path.suffix[1:])
+        if codec is None:
+            continue
+        with open(path, "rb") as raw:
+            ids.extend(line.split(b"\t", 1)[0].decode() for line in codec.open_reader(raw))
     return ids
 
 

@@ -1,14 +1,18 @@
-"""Built-in plugin: the compression codecs xz (default), gzip and zstd.
+"""Built-in plugin: the compression codecs zstd (default), xz and gzip.
 
 Every codec streams in fixed-size chunks, so memory stays bounded whatever
 the file size, and reads concatenated streams/members/frames (files that
-were appended to, or written in pieces, decompress as one).  zstd needs the
-optional ``zstandard`` package (``pip install 'telemetry-core[zstd]'``).
+were appended to, or written in pieces, decompress as one).  zstd (the
+``zstandard`` package, a core dependency) was chosen as the default by
+measurement (docs/storage.md, Choosing a codec); xz stays supported for the
+original project's tools.  ``zstandard`` is imported when a zstd codec is
+made, not with this module.
 """
 
 from __future__ import annotations
 
 import gzip
+import io
 import lzma
 from typing import IO
 
@@ -59,25 +63,29 @@ class GzipCodec:
 
 
 class ZstdCodec:
-    """zstd via the optional ``zstandard`` package; ``level`` 1-22 (0 = zstd's default)."""
+    """zstd via the ``zstandard`` package; ``level`` 1-22 (0 = :data:`DEFAULT_LEVEL`)."""
 
+    #: The level for ``compress.level: 0``: on converted v2 data zstd -1 is smaller than
+    #: xz -0 at ~12x its speed (docs/storage.md, Choosing a codec).
+    DEFAULT_LEVEL = 1
     name = "zstd"
     suffix = "zst"
     aliases = ("zstd", "zst")
     levels = range(0, 23)
 
     def __init__(self) -> None:
-        import zstandard  # imported here: the extra is optional
+        import zstandard  # imported here: only commands that compress or read zstd pay for it
 
         self._zstd = zstandard
 
     def compress(self, source: IO[bytes], target: IO[bytes], level: int) -> None:
-        compressor = self._zstd.ZstdCompressor(level=level or 3)
+        compressor = self._zstd.ZstdCompressor(level=level or self.DEFAULT_LEVEL)
         with compressor.stream_writer(target, closefd=False) as compressed:
             _copy(source, compressed)
 
     def open_reader(self, source: IO[bytes]) -> IO[bytes]:
-        return self._zstd.ZstdDecompressor().stream_reader(source, read_across_frames=True, closefd=False)
+        reader = self._zstd.ZstdDecompressor().stream_reader(source, read_across_frames=True, closefd=False)
+        return io.BufferedReader(reader, CHUNK)  # lines and iteration, which zstandard's reader lacks
 
 
 @hookimpl
@@ -96,6 +104,7 @@ def telemetry_compress_codec(name: str) -> XzCodec | GzipCodec | ZstdCodec | Non
         try:
             return ZstdCodec()
         except ImportError:
-            raise ConfigError("codec zstd needs the zstandard package: pip install 'telemetry-core[zstd]'",
+            raise ConfigError("codec zstd needs the zstandard package (a dependency of telemetry-core): "
+                              "pip install zstandard",
                               key="compress.codec") from None
     return None

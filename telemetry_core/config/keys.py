@@ -187,9 +187,10 @@ CORE_SCHEMA = Section(
                                             "many seconds old"),
         }),
         "compress": Section(help="Compression of finished store files", fields={
-            "codec": Option("str", "xz", pattern=r"[a-z][a-z0-9_]*", help="Codec plugin: xz, gzip or zstd"),
+            "codec": Option("str", "zstd", pattern=r"[a-z][a-z0-9_]*", help="Codec plugin: zstd, xz or gzip"),
             "level": Option("int", 0, minimum=0, maximum=22,
-                            help="Codec level or preset (xz 0-9, gzip 1-9 with 0 = fastest, zstd 1-22)"),
+                            help="Codec level or preset (zstd 1-22, 0 = 1; xz 0-9; "
+                                 "gzip 1-9 with 0 = fastest)"),
         }),
         "store": Section(help="Stored and published data", fields={
             "publish": Section(help="Long-term storage of compressed files", fields={

@@ -40,16 +40,42 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
 
-import requests
-from requests.adapters import HTTPAdapter
-from urllib3.exceptions import ConnectTimeoutError, MaxRetryError, NewConnectionError, ReadTimeoutError
-from urllib3.util.retry import Retry
 
 from .. import __version__
 from ..atomic_files import write_bytes_atomically
 from ..errors import RecordError, TelemetryError
+
+if TYPE_CHECKING:
+    import requests
+
+# requests and urllib3 (~0.05 s to import) are imported by _import_requests() when an
+# HgwebClient is made, not with this module: every command loads it.
+requests: Any = None  # noqa: F811 - the runtime binding of the name typed above
+HTTPAdapter: Any = None
+Retry: Any = None
+ConnectTimeoutError: Any = None
+MaxRetryError: Any = None
+NewConnectionError: Any = None
+ReadTimeoutError: Any = None
+
+
+def _import_requests() -> None:
+    """Bind requests and the urllib3 names this module uses (once)."""
+    global requests, HTTPAdapter, Retry  # noqa: PLW0603
+    global ConnectTimeoutError, MaxRetryError, NewConnectionError, ReadTimeoutError  # noqa: PLW0603
+    if requests is not None:
+        return
+    import requests as requests_module
+    import requests.adapters
+    import urllib3.exceptions as errors
+    import urllib3.util.retry
+
+    HTTPAdapter, Retry = requests_module.adapters.HTTPAdapter, urllib3.util.retry.Retry
+    ConnectTimeoutError, MaxRetryError = errors.ConnectTimeoutError, errors.MaxRetryError
+    NewConnectionError, ReadTimeoutError = errors.NewConnectionError, errors.ReadTimeoutError
+    requests = requests_module
 
 log = logging.getLogger(__name__)
 
@@ -315,6 +341,7 @@ class HgwebClient:
 
     def __init__(self, server: str, *, connect_timeout: float, read_timeout: float, retries: int,
                  backoff: float, max_bytes: int) -> None:
+        _import_requests()
         self.server = server.rstrip("/")
         self.timeout = (connect_timeout, read_timeout)
         self.retries = retries

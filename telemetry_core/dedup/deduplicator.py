@@ -18,6 +18,12 @@ appends the decision to this process's ledger file, calls
 ``telemetry_dedup_decided`` and counts the outcome under ``/dedup``.
 See docs/dedup.md for the rules and for what the processor must do with
 each outcome.
+
+The processor decides a chunk of a spool file at a time with
+:meth:`Deduplicator.decide_many`: the same decisions, ledger lines and hook
+calls as :meth:`~Deduplicator.decide` on each record in turn, but one call
+(one transaction) to a backend that has ``decide_many``; backends without
+it are asked record by record.
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ from __future__ import annotations
 import inspect
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from greplin import scales
 
@@ -107,21 +113,95 @@ class Deduplicator:
         """
         try:
             key = self.engine.dedup_key(record=record)
-            if key is None:
-                record_id = rules.normalize_record_id(record.id)
-                decision = Decision(rules.NOT_APPLICABLE, record_id,
-                                    body_hash=rules.normalize_body_hash(record.body_hash),
-                                    received_at_ms=record.received_at_ms)
-            elif self.passes_copy_id and record.source:
-                decision = self.backend.decide(key, record.id, record.received_at_ms, copy_id=record.source)
-            else:
-                decision = self.backend.decide(key, record.id, record.received_at_ms)
+            decision = self._not_applicable(record) if key is None else self._backend_decide(key, record)
         except rules.DedupKeyError:
             self.stats.rejected += 1
             raise
         except rules.DedupUnavailableError:
             self.stats.unavailable += 1
             raise
+        return self._record(record, decision)
+
+    def decide_many(self, *, records: Sequence[Record]) -> list[Decision | Exception]:
+        """Decide on ``records`` in order: for each, what :meth:`decide` returns, or the
+        exception it raises on that record (:class:`DuplicateRecord`, a
+        :class:`~telemetry_core.dedup.rules.DedupKeyError`, a plugin's error).
+
+        A backend with ``decide_many(items)`` (items ``(key, record id,
+        received_at_ms, copy id)``; all of them recorded or none) is called
+        once; others are asked record by record.  Raises
+        :class:`~telemetry_core.dedup.rules.DedupUnavailableError` (and
+        ``OSError``) for the whole chunk: operational, keep the input."""
+        results: list[Any] = [None] * len(records)
+        keyed: list[tuple[int, Any]] = []
+        for index, record in enumerate(records):
+            try:
+                key = self.engine.dedup_key(record=record)
+                if key is None:
+                    results[index] = self._not_applicable(record)
+                else:
+                    keyed.append((index, key))
+            except (OSError, rules.DedupUnavailableError):
+                raise
+            except Exception as exc:  # noqa: BLE001 - this record's failure, as decide() would raise it
+                results[index] = exc
+        if keyed:
+            for (index, _), result in zip(keyed, self._backend_decide_many(records, keyed)):
+                results[index] = result
+        for index, result in enumerate(results):
+            if isinstance(result, rules.DedupKeyError):
+                self.stats.rejected += 1
+            if isinstance(result, Exception):
+                continue
+            try:
+                results[index] = self._record(records[index], result)
+            except (OSError, rules.DedupUnavailableError):
+                raise
+            except Exception as exc:  # noqa: BLE001 - DuplicateRecord, or a telemetry_dedup_decided plugin failed
+                results[index] = exc
+        return results
+
+    def _backend_decide_many(self, records: Sequence[Record], keyed: list[tuple[int, Any]]) -> list[Any]:
+        """Decisions (or a record's exception) for ``keyed`` ``(index, key)``, in order."""
+        batch = getattr(self.backend, "decide_many", None)
+        if batch is not None and self.passes_copy_id:
+            items = [(key, records[index].id, records[index].received_at_ms, records[index].source or "")
+                     for index, key in keyed]
+            try:
+                return list(batch(items))
+            except rules.DedupUnavailableError:
+                self.stats.unavailable += 1
+                raise
+            except OSError:
+                raise
+            except Exception:  # noqa: BLE001 - nothing recorded: ask record by record, isolating the culprit
+                log.warning("dedup backend %s failed on a batch; deciding its records one by one",
+                            type(self.backend).__name__, exc_info=True)
+        results: list[Any] = []
+        for index, key in keyed:
+            try:
+                results.append(self._backend_decide(key, records[index]))
+            except rules.DedupUnavailableError:
+                self.stats.unavailable += 1
+                raise
+            except OSError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - this record's failure
+                results.append(exc)
+        return results
+
+    def _not_applicable(self, record: Record) -> Decision:
+        """The decision for a record no ``telemetry_dedup_key`` plugin keys."""
+        return Decision(rules.NOT_APPLICABLE, rules.normalize_record_id(record.id),
+                        body_hash=rules.normalize_body_hash(record.body_hash), received_at_ms=record.received_at_ms)
+
+    def _backend_decide(self, key: Any, record: Record) -> Decision:
+        if self.passes_copy_id and record.source:
+            return self.backend.decide(key, record.id, record.received_at_ms, copy_id=record.source)
+        return self.backend.decide(key, record.id, record.received_at_ms)
+
+    def _record(self, record: Record, decision: Decision) -> Decision:
+        """Ledger line, ``telemetry_dedup_decided``, metrics; :class:`DuplicateRecord` for a duplicate."""
         if self.ledger is not None:
             self.ledger.write(decision)
         self.engine.dedup_decided(record=record, decision=decision)

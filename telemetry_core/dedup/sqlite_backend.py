@@ -6,7 +6,10 @@ otherwise.  It is safe for several processes of one node (the processor's
 workers): the file is in WAL mode and every decision is one ``BEGIN
 IMMEDIATE`` transaction (read the session, apply
 :func:`telemetry_core.dedup.rules.decide`, write it back), so decisions on
-one session are serialized and none is lost.  Do not put the file on a
+one session are serialized and none is lost.  :meth:`SqliteDedupBackend.decide_many`
+decides a chunk of a spool file in one such transaction (the processor's
+way: one write lock per chunk, not per record, is what lets several
+workers run side by side).  Do not put the file on a
 network file system (SQLite's locking does not work there); several nodes
 share the Redis backend instead.
 
@@ -25,7 +28,7 @@ import sqlite3
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from . import rules
 from .rules import DedupUnavailableError, SessionState
@@ -38,6 +41,8 @@ log = logging.getLogger(__name__)
 DEFAULT_FILE = Path("state") / "dedup.sqlite"
 #: Most sessions deleted by one expiry transaction (keeps the write lock short).
 EXPIRE_BATCH = 2000
+#: Most sessions read by one ``SELECT ... IN (...)`` of :meth:`SqliteDedupBackend.decide_many`.
+SELECT_BATCH = 500
 #: Seconds between automatic expiry passes made by :meth:`SqliteDedupBackend.decide`.
 EXPIRE_EVERY_S = 600.0
 DAY_MS = 86_400_000
@@ -75,13 +80,27 @@ class SqliteDedupBackend:
         try:
             self._db = sqlite3.connect(str(self.path), timeout=lock_timeout_s, isolation_level=None,
                                        check_same_thread=False)
-            self._db.execute("PRAGMA journal_mode=WAL")
+            self._use_wal()
             self._db.execute("PRAGMA synchronous=NORMAL")
             with self._transaction():
                 for statement in filter(None, (s.strip() for s in _SCHEMA.split(";"))):
                     self._db.execute(statement)
         except sqlite3.Error as exc:
             raise DedupUnavailableError(f"cannot open the SQLite dedup database {self.path}: {exc}") from exc
+
+    def _use_wal(self) -> None:
+        """Switch to WAL mode.  Workers starting together on a new file race for
+        the switch, and SQLite's busy timeout does not cover it: retry until
+        ``lock_timeout_s``."""
+        deadline = time.monotonic() + self.lock_timeout_s
+        while True:
+            try:
+                self._db.execute("PRAGMA journal_mode=WAL")
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.01)
 
     # ------------------------------------------------------------------ decisions
 
@@ -114,6 +133,70 @@ class SqliteDedupBackend:
         if decision.replayed:
             self.stats.replays += 1
         return decision
+
+    def decide_many(self, items: Sequence[tuple[DedupKey, str, int, str]]) -> list[Decision | rules.DedupKeyError]:
+        """Decide on several submissions ``(key, record id, received_at_ms, copy id)`` in one
+        transaction: the same decisions, in the same order, as :meth:`decide` on each in turn.
+        A malformed item's :class:`~telemetry_core.dedup.rules.DedupKeyError` takes its place in
+        the list; :class:`~telemetry_core.dedup.rules.DedupUnavailableError` means nothing was recorded."""
+        results: list[Any] = [None] * len(items)
+        pending = []
+        for index, (key, record_id, received_at_ms, copy_id) in enumerate(items):
+            try:
+                session, _, _ = rules.check_key(key, record_id, received_at_ms)
+                if key.kind not in rules.DEDUPLICATED_KINDS:
+                    results[index] = rules.decide(SessionState(), key, record_id, received_at_ms, now_us=0)
+                    continue
+            except rules.DedupKeyError as exc:
+                results[index] = exc
+                continue
+            pending.append((index, session, key, record_id, received_at_ms, copy_id))
+        if not pending:
+            return results
+        replays = 0
+        with self._lock:
+            self._maybe_expire()
+            try:
+                with self._transaction():
+                    states = self._states({session for _, session, *_ in pending})
+                    now = self.clock()
+                    changed = set()
+                    for index, session, key, record_id, received_at_ms, copy_id in pending:
+                        try:
+                            decision = rules.decide(states[session], key, record_id, received_at_ms,
+                                                    now_us=int(now * 1e6), copy_id=copy_id)
+                        except rules.DedupKeyError as exc:
+                            results[index] = exc
+                            continue
+                        results[index] = decision
+                        if decision.replayed:
+                            replays += 1
+                        else:
+                            changed.add(session)
+                    self._db.executemany(
+                        "INSERT INTO sessions (session, touched_ms, state) VALUES (?, ?, ?) "
+                        "ON CONFLICT (session) DO UPDATE SET touched_ms = excluded.touched_ms, "
+                        "state = excluded.state",
+                        [(session, int(now * 1000), states[session].to_bytes()) for session in sorted(changed)])
+            except sqlite3.Error as exc:
+                self.stats.unavailable += 1
+                raise DedupUnavailableError(f"SQLite dedup database {self.path} could not decide ({exc}); "
+                                            f"nothing was recorded, retry later") from exc
+        self.stats.decisions += sum(1 for index, *_ in pending if not isinstance(results[index], Exception))
+        self.stats.replays += replays
+        return results
+
+    def _states(self, sessions: set[str]) -> dict[str, SessionState]:
+        """The stored state of each of ``sessions`` (empty for a new one), inside a transaction."""
+        states = {session: SessionState() for session in sessions}
+        ordered = sorted(sessions)
+        for start in range(0, len(ordered), SELECT_BATCH):
+            part = ordered[start:start + SELECT_BATCH]
+            marks = ",".join("?" * len(part))
+            for session, state in self._db.execute(
+                    f"SELECT session, state FROM sessions WHERE session IN ({marks})", part):
+                states[session] = SessionState.from_bytes(state)
+        return states
 
     def session_state(self, session: str) -> SessionState | None:
         """The stored state of ``session`` (for tests and inspection), or ``None``."""

@@ -9,7 +9,11 @@ the crash-safe phases):
 2. **process** every record: decode (:mod:`telemetry_core.store.process.decoder`),
    convert hooks, serialize once, dedup hooks, store hooks (valid records
    into schema-partitioned work files, failures into ``_invalid/<category>/``
-   with their original bytes), then write the manifest;
+   with their original bytes), then write the manifest.  Records go
+   :data:`DEDUP_CHUNK` at a time: each is decoded, converted, serialized
+   and partitioned, the chunk's dedup decisions are made in one batch
+   (:meth:`~telemetry_core.dedup.deduplicator.Deduplicator.decide_many`),
+   then each is stored in order;
 3. **compress** each work file with the configured codec;
 4. **publish** each compressed file, then the manifest
    ``_manifests/<node>/<seq>.json`` (records, bytes, checksum, source), each
@@ -52,7 +56,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable, Iterator
 
 import orjson
 from greplin import scales
@@ -87,6 +91,9 @@ DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS})
 
 STATE_FILE = "state.json"
 MANIFEST_FILE = "manifest.json"
+#: Records decoded, converted and partitioned before their dedup decisions are
+#: asked for in one batch (memory is bounded by this many records in flight).
+DEDUP_CHUNK = 32
 #: Partial outputs of a phase, removed when the phase fails.
 _PARTIAL_OUTPUTS = {"claimed": ("store", "out", "pending"), "processed": ("out",)}
 
@@ -104,6 +111,32 @@ def disk_full_error(exc: BaseException) -> BaseException | None:
         current = current.__cause__ or current.__context__
         seen += 1
     return None
+
+
+@dataclass
+class _Prepared:
+    """One spooled submission between :meth:`Processor._prepare` and :meth:`Processor._land`."""
+
+    item: Any
+    record: Any = None
+    partition: str = ""
+    #: The stage reached (or failed in).
+    stage: str = "decode"
+    #: What went wrong on the record before its dedup decision.
+    error: Exception | None = None
+    #: The dedup decision, or the exception deciding raised on this record.
+    decision: Any = None
+
+
+def _chunks(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
+    chunk: list[Any] = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) >= size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
 
 
 class DiskFull(TelemetryError):
@@ -301,10 +334,12 @@ class Processor:
         for path in finished_ledger_files(self.data_dir):
             try:
                 self.publisher.publish(str(path), ledger_archive_key(path), checksum=sha256_of(path))
+            except FileNotFoundError:
+                continue  # another worker published it and removed it first
             except (PublishError, OSError) as exc:
                 log.warning("could not publish dedup ledger %s (will retry): %s", path.name, exc)
                 return
-            path.unlink()
+            path.unlink(missing_ok=True)  # another worker may have published the same file at once
 
     def _claimed(self) -> list[Path]:
         inputs = sorted(p for p in self.work_dir.iterdir() if p.is_file() and not p.name.startswith("."))
@@ -469,16 +504,19 @@ class Processor:
         reader = SpoolReader(source)
         valid = invalid = 0
         try:
-            for item in reader:
-                record_id, landed = self._one_record(item, source.name, batch, parked, state.seq)
-                if landed.startswith(f"{PENDING_DIR}/"):
-                    manifest.parked.append([item.offset, record_id, f"{landed}/{source.name}"])
-                    continue
-                manifest.records.append([item.offset, record_id, landed])
-                if landed.startswith("_invalid/"):
-                    invalid += 1
-                else:
-                    valid += 1
+            for chunk in _chunks(reader, DEDUP_CHUNK):
+                prepared = [self._prepare(item, source.name, state.seq) for item in chunk]
+                self._decide(prepared)
+                for one in prepared:
+                    record_id, landed = self._land(one, source.name, batch, parked)
+                    if landed.startswith(f"{PENDING_DIR}/"):
+                        manifest.parked.append([one.item.offset, record_id, f"{landed}/{source.name}"])
+                        continue
+                    manifest.records.append([one.item.offset, record_id, landed])
+                    if landed.startswith("_invalid/"):
+                        invalid += 1
+                    else:
+                        valid += 1
         except BaseException:
             batch.abort()
             parked.abort()
@@ -495,9 +533,43 @@ class Processor:
         self.stats.spool_skipped_bytes += reader.stats.skipped_bytes
         return valid, invalid, len(manifest.parked)
 
-    def _one_record(self, item: Any, source_name: str, batch: WorkBatch, parked: ParkedWriter,
-                    seq: int) -> tuple[str, str]:
-        """Run one spooled submission through the stages; return (id, where it landed):
+    def _prepare(self, item: Any, source_name: str, seq: int) -> "_Prepared":
+        """Decode, convert, serialize and partition one spooled submission; what
+        goes wrong on it is kept on the result for :meth:`_land`, except the
+        operational failures (``OSError``: the data directory; the dedup
+        backend; the publisher), which fail the file."""
+        engine = self.engine
+        one = _Prepared(item)
+        try:
+            one.record = decode(engine, path=item.path, body=item.body, timestamp_ms=item.timestamp_ms,
+                                client_addr=item.client_addr, source=f"{source_name}:{item.offset}",
+                                schema=self.schema, max_inflated_bytes=self.max_inflated_bytes, limits=self.limits)
+            for name in one.record.warnings:  # repaired text (payload_text): kept, counted by name
+                self.stats.decode_warnings[name] += 1
+            one.stage = "convert"
+            convert(engine, one.record)
+            one.stage = "serialize"
+            serialize(one.record)
+            one.stage = "partition"
+            one.partition = WorkBatch.check_path(engine.partition(record=one.record, seq=seq))
+            one.stage = "dedup"  # last before the store: a decided record is stored (docs/dedup.md)
+        except (OSError, DedupUnavailableError, PublishError):
+            raise
+        except Exception as exc:  # noqa: BLE001 - handled per record by _land
+            one.error = exc
+        return one
+
+    def _decide(self, prepared: list["_Prepared"]) -> None:
+        """The dedup decisions of a chunk's partitioned records, in one call to the backend."""
+        ready = [one for one in prepared if one.error is None]
+        if self.dedup is None or not ready:
+            return
+        for one, result in zip(ready, self.dedup.decide_many(records=[one.record for one in ready])):
+            one.decision = result
+
+    def _land(self, one: "_Prepared", source_name: str, batch: WorkBatch,
+              parked: ParkedWriter) -> tuple[str, str]:
+        """Store one prepared record (or quarantine or park it); return (id, where it landed):
         the work file it was stored in, or ``pending/<key>`` when it was parked.
 
         Any exception on this record quarantines it, except the operational
@@ -505,25 +577,19 @@ class Processor:
         publisher), which fail the file.
         """
         engine = self.engine
+        item = one.item
         batch.touched.clear()
-        record = None
-        stage = "decode"
+        record = one.record
+        stage = one.stage
         try:
-            record = decode(engine, path=item.path, body=item.body, timestamp_ms=item.timestamp_ms,
-                            client_addr=item.client_addr, source=f"{source_name}:{item.offset}",
-                            schema=self.schema, max_inflated_bytes=self.max_inflated_bytes, limits=self.limits)
-            for name in record.warnings:  # repaired text (payload_text): kept, counted by name
-                self.stats.decode_warnings[name] += 1
-            stage = "convert"
-            convert(engine, record)
-            stage = "serialize"
-            serialize(record)
-            stage = "partition"
-            partition = batch.check_path(engine.partition(record=record, seq=seq))
-            stage = "dedup"  # last before the store: a decided record is stored (docs/dedup.md)
-            self._dedup(record)
+            if one.error is not None:
+                raise one.error
+            if isinstance(one.decision, Exception):
+                raise one.decision
+            if one.decision is not None:
+                self.stats.dedup[one.decision.outcome] += 1
             stage = "store"
-            engine.store_record(record=record, partition=partition, batch=batch)
+            engine.store_record(record=record, partition=one.partition, batch=batch)
             self.stats.records_valid += 1
         except RecordError as error:
             record = getattr(error, "record", None) or record
@@ -569,11 +635,6 @@ class Processor:
         self.stats.records_parked += 1
         log.info("parked record %s of %s: %s", record.id or "-", record.source, " ".join(str(error).split())[:300])
         return record.id or "-", f"{PENDING_DIR}/{key}"
-
-    def _dedup(self, record: Any) -> None:
-        """Decide; a duplicate leaves the main store as ``_invalid/duplicate`` (a record error)."""
-        if self.dedup is not None:
-            self.stats.dedup[self.dedup.decide(record=record).outcome] += 1
 
     def _compress(self, work: Path, state: WorkState) -> None:
         shutil.rmtree(work / "out", ignore_errors=True)

@@ -44,12 +44,8 @@ import random
 import re
 import time
 from dataclasses import dataclass
-from typing import IO, Any, Callable, Iterator, TypeVar
+from typing import IO, TYPE_CHECKING, Any, Callable, Iterator, TypeVar
 
-import boto3
-from botocore.config import Config as BotoConfig
-from botocore.exceptions import BotoCoreError, ClientError, ConnectionError as BotoConnectionError
-from botocore.exceptions import HTTPClientError, IncompleteReadError, NoCredentialsError
 from greplin import scales
 
 from ...errors import ConfigError
@@ -57,6 +53,37 @@ from ...hookspecs import hookimpl
 from ...interfaces import PublishConflict, PublishedFile, PublishError, StoredObject
 from ..local import check_key
 from .digests import MIB, FileDigest, ObjectInfo, PartDigest, b64, digest_file, same_content
+
+if TYPE_CHECKING:
+    from botocore.exceptions import ClientError
+
+# boto3 and botocore (~0.1 s to import) are imported by _import_boto() when a
+# publisher or client is made, not with this module: every command loads it.
+boto3: Any = None
+BotoConfig: Any = None
+BotoCoreError: Any = None
+ClientError: Any = None  # noqa: F811 - the runtime binding of the name typed above
+BotoConnectionError: Any = None
+HTTPClientError: Any = None
+IncompleteReadError: Any = None
+NoCredentialsError: Any = None
+
+
+def _import_boto() -> None:
+    """Bind boto3 and the botocore names this module uses (once)."""
+    global boto3, BotoConfig, BotoCoreError, ClientError, BotoConnectionError  # noqa: PLW0603
+    global HTTPClientError, IncompleteReadError, NoCredentialsError  # noqa: PLW0603
+    if boto3 is not None:
+        return
+    import boto3 as boto3_module
+    import botocore.config
+    import botocore.exceptions as errors
+
+    BotoConfig = botocore.config.Config
+    BotoCoreError, ClientError, BotoConnectionError = errors.BotoCoreError, errors.ClientError, errors.ConnectionError
+    HTTPClientError, IncompleteReadError = errors.HTTPClientError, errors.IncompleteReadError
+    NoCredentialsError = errors.NoCredentialsError
+    boto3 = boto3_module
 
 log = logging.getLogger(__name__)
 
@@ -159,6 +186,7 @@ def make_client(settings: S3Settings) -> Any:
     """A boto3 S3 client for ``settings``: the configured timeouts, path-style addressing when an
     endpoint is given (MinIO, moto, other S3 API servers), and no retries of botocore's own: the
     publisher retries each request itself (``settings.retries``), so attempts never multiply."""
+    _import_boto()
     config = BotoConfig(
         retries={"mode": "standard", "total_max_attempts": 1},
         connect_timeout=settings.connect_timeout, read_timeout=settings.read_timeout,
@@ -196,6 +224,7 @@ class S3Publisher:
 
     def __init__(self, settings: S3Settings, client: Any | None = None,
                  sleep: Callable[[float], None] = time.sleep) -> None:
+        _import_boto()
         self.settings = settings
         self.client = client if client is not None else make_client(settings)
         self.bucket = settings.bucket
