@@ -78,21 +78,14 @@ class EdgeProcessService:
     def start(self) -> None:
         """Start the edge supervisor process; return once its workers accept (or raise
         :class:`~telemetry_core.receive.supervisor.EdgeStartError` with its reason)."""
-        from .supervisor import EdgeStartError, _reserve_port
+        from .supervisor import EdgeStartError, _reserve_port, spawn_child
 
         if self._reservation is None:  # the first start: the port must be free
             self._reservation, self.port = _reserve_port(self.host, self.port)
         config = self.engine.config
         recipe = EdgeRecipe(config=copy.deepcopy(config.data), source=config.source, base_dir=str(config.base_dir),
                             port=self.port, parent_pid=os.getpid(), secret_keys=sorted(config.secret_keys))
-        process = subprocess.Popen([sys.executable, "-m", "telemetry_core.receive.edge_process"],
-                                   stdin=subprocess.PIPE, stdout=subprocess.PIPE, close_fds=True)
-        assert process.stdin is not None and process.stdout is not None
-        try:
-            process.stdin.write(recipe.to_json())
-            process.stdin.close()
-        except BrokenPipeError:
-            pass  # it died at once; its status line or exit code says why
+        process = spawn_child("telemetry_core.receive.edge_process", recipe.to_json())
         self.process = process
         status = _first_status(process.stdout, self.start_timeout_s * 2 + 10.0)
         if status != "ready":

@@ -86,6 +86,21 @@ class _Slot:
     restart_at: float | None = None
 
 
+def spawn_child(module: str, recipe: bytes) -> subprocess.Popen[bytes]:
+    """Start ``python -m module`` with ``recipe`` on its stdin (then closed) and its
+    stdout piped for status lines.  A child that dies at once is not an error
+    here: its status line or exit code says why."""
+    process = subprocess.Popen([sys.executable, "-m", module], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                               close_fds=True)
+    assert process.stdin is not None and process.stdout is not None
+    try:
+        process.stdin.write(recipe)
+        process.stdin.close()
+    except BrokenPipeError:
+        pass  # it died at once; seen like any other exit
+    return process
+
+
 class EdgeService:
     """Supervises the edge's worker processes; see the module docstring."""
 
@@ -182,14 +197,7 @@ class EdgeService:
     def _spawn(self, slot: _Slot) -> None:
         recipe = WorkerRecipe.from_engine(self.engine, worker=slot.index, host=self.host, port=self.port,
                                           parent_pid=os.getpid(), node_pid=self.node_pid)
-        process = subprocess.Popen([sys.executable, "-m", "telemetry_core.receive.worker"],
-                                   stdin=subprocess.PIPE, stdout=subprocess.PIPE, close_fds=True)
-        assert process.stdin is not None and process.stdout is not None
-        try:
-            process.stdin.write(recipe.to_json())
-            process.stdin.close()
-        except BrokenPipeError:
-            pass  # the worker died at once; its exit is seen like any other
+        process = spawn_child("telemetry_core.receive.worker", recipe.to_json())
         with self._lock:
             slot.process, slot.started_at, slot.error, slot.restart_at = process, time.monotonic(), None, None
             slot.ready = threading.Event()
