@@ -96,7 +96,8 @@ def test_nothing_is_ever_written_outside_the_data_directory(edge, tmp_path):
     written = [p for p in tmp_path.rglob("*") if p.is_file()]
     assert written and all(p.is_relative_to(edge.data_dir) for p in written)
     assert not (Path("/tmp") / "escaped").exists()
-    assert {p for p in Path("/tmp").iterdir()} - before == set()
+    # other processes on the box may create files in /tmp meanwhile: look for what these paths would make
+    assert {p.name for p in Path("/tmp").iterdir() if p not in before} & {"escaped", "a", "tmp"} == set()
     assert len(edge.records()) == 1
 
 
@@ -249,6 +250,11 @@ def test_slow_bodies_are_bounded_apart_and_do_not_take_in_flight_slots(tmp_path)
             time.sleep(0.01)
         assert edge.worker.state.in_flight == 0
         assert post(edge.port, f"/submit/telemetry/{new_id()}", b"{}").status == 200  # a complete request
+        # headers and body in two writes, the body 0.2 s late: within receive.body_grace_s, not slow
+        late = raw_exchange(edge.port, f"POST /submit/telemetry/{new_id()} HTTP/1.1\r\nHost: x\r\n"
+                                       f"Content-Length: 2\r\nConnection: close\r\n\r\n".encode(),
+                            pause_after=0.2, more=b"{}", read_timeout=3)
+        assert status_of(late) == 200
         third = raw_exchange(edge.port, f"POST /submit/telemetry/{new_id()} HTTP/1.1\r\nHost: x\r\n"
                                         f"Content-Length: 10\r\n\r\n{{".encode(), read_timeout=3)
         assert status_of(third) == 503 and b"too_many_slow_bodies" in third and b"Retry-After: 30" in third
@@ -256,7 +262,7 @@ def test_slow_bodies_are_bounded_apart_and_do_not_take_in_flight_slots(tmp_path)
         for sock in slow:
             sock.close()
         edge.stop()
-    assert len(edge.records()) == 1
+    assert len(edge.records()) == 2
 
 
 def test_overload_of_complete_requests_answers_503_with_retry_after(tmp_path):

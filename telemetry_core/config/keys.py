@@ -88,6 +88,9 @@ CORE_SCHEMA = Section(
             "max_slow_bodies": Option("int", 512, minimum=1,
                                       help="Requests one worker lets finish sending their body at once (bodies "
                                            "not complete on arrival); more get 503 + Retry-After"),
+            "body_grace_s": Option("float", 0.5, minimum=0.0, maximum=60.0,
+                                   help="Seconds a body that was not complete with its headers may take "
+                                        "before it needs one of max_slow_bodies' slots"),
             "body_timeout_s": Option("float", 10.0, minimum=0.1,
                                      help="Seconds a client may take to send its body; slower gets 408"),
             "idle_timeout_s": Option("float", 75.0, minimum=0.1,

@@ -69,6 +69,7 @@ class EdgeSettings:
     max_batch_records: int = 1000
     max_in_flight: int = 512
     max_slow_bodies: int = 512
+    body_grace_s: float = 0.5
     body_timeout_s: float = 10.0
     idle_timeout_s: float = 75.0
     drain_timeout_s: float = 20.0
@@ -89,6 +90,35 @@ class EdgeState:
     in_flight: int = 0
     #: Requests whose body was not all there when their handler started, still reading it.
     reading: int = 0
+
+
+class _BodyTooLarge(Exception):
+    """A body (chunked, so of no announced length) grew past ``receive.max_body_bytes``."""
+
+
+class _BodyBuffer:
+    """Reads one request body in pieces, so a read cut short by a timeout loses nothing read so far.
+
+    The edge reads a body in two windows (:meth:`EdgeHandlers._read_body`):
+    the grace window, then, holding a reading slot, the rest of the body
+    timeout; the pieces read in the first stay here for the second.
+    """
+
+    def __init__(self, stream: Any, limit: int) -> None:
+        self._stream, self._limit = stream, limit
+        self._pieces: list[bytes] = []
+        self._size = 0
+
+    async def read_all(self) -> bytes:
+        stream = self._stream
+        while True:
+            piece = await stream.readany()
+            if not piece:
+                return b"".join(self._pieces)
+            self._size += len(piece)
+            if self._size > self._limit:
+                raise _BodyTooLarge()
+            self._pieces.append(piece)
 
 
 def runner_options(settings: EdgeSettings) -> dict[str, Any]:
@@ -260,22 +290,30 @@ class EdgeHandlers:
             return Rejection(413, "body_too_large", f"body of {length} bytes is over the limit of "
                                                     f"{self.settings.max_body_bytes}")
         state = self.state
+        settings = self.settings
+        body = _BodyBuffer(request.content, settings.max_body_bytes)
+        grace = min(settings.body_grace_s, settings.body_timeout_s)
         try:
             if request.content.is_eof():  # all of it is here already: no timer, no slot needed
-                return await request.read()
-            if state.reading >= self.settings.max_slow_bodies:
+                return await body.read_all()
+            try:  # a body sent just after its headers (two writes) is not slow: no slot for it
+                async with asyncio.timeout(grace):
+                    return await body.read_all()
+            except TimeoutError:
+                pass
+            if state.reading >= settings.max_slow_bodies:
                 return Rejection(503, "too_many_slow_bodies", "too many bodies still arriving; retry later")
             state.reading += 1
             try:
-                async with asyncio.timeout(self.settings.body_timeout_s):
-                    return await request.read()
+                async with asyncio.timeout(settings.body_timeout_s - grace):
+                    return await body.read_all()
             finally:
                 state.reading -= 1
         except TimeoutError:
             return Rejection(408, "body_timeout", f"the body did not arrive within "
-                                                  f"{self.settings.body_timeout_s:g} s")
-        except web.HTTPRequestEntityTooLarge:
-            return Rejection(413, "body_too_large", f"body is over the limit of {self.settings.max_body_bytes}")
+                                                  f"{settings.body_timeout_s:g} s")
+        except _BodyTooLarge:
+            return Rejection(413, "body_too_large", f"body is over the limit of {settings.max_body_bytes}")
         except (ConnectionError, HttpProcessingError, OSError) as error:
             return Rejection(400, "truncated_body", f"the body was cut short ({type(error).__name__})")
 
