@@ -77,7 +77,9 @@ def test_sigkill_at_random_points_loses_and_duplicates_nothing(tmp_path):
     kills = 0
     interrupted: set[str] = set()
     try:
-        while kills < KILLS:
+        mid_pipeline = {"claimed", "processed", "compressed"}
+        # on a loaded box a kill may land before start-up ends: go on (to a bound) until one lands mid-pipeline
+        while kills < KILLS or (not mid_pipeline & interrupted and kills < 3 * KILLS):
             processor = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                          start_new_session=True)
             time.sleep(rng.uniform(0.3, 2.5))  # start-up takes ~0.5-1 s on a loaded 2-core box
@@ -90,7 +92,7 @@ def test_sigkill_at_random_points_loses_and_duplicates_nothing(tmp_path):
         load.join(timeout=30)
         assert edge.stop() == 0, edge.log()
     assert kills >= KILLS and len(acked) > 100
-    assert {"claimed", "processed", "compressed"} & interrupted, interrupted  # killed mid-pipeline
+    assert {"claimed", "processed", "compressed"} & interrupted, (kills, interrupted)  # killed mid-pipeline
     final = subprocess.run(command + ["--once"], capture_output=True, text=True, timeout=600)
     assert final.returncode == 0, final.stderr
     ids_file = tmp_path / "acked.txt"
