@@ -19,6 +19,19 @@ def test_shipped_schema_has_the_original_dimension_order():
                                 "submission_date")
 
 
+def test_shipped_schema_is_the_originals_last_so_firefox_os_and_unified_pings_partition_by_name():
+    last = json.loads((FIXTURES / "schema__telemetry_schema__HEAD_2015-02.json").read_text())
+    for path in (REPO / "telemetry_schema.json", REPO / "telemetry_core" / "data" / "telemetry_schema.json"):
+        assert json.loads(path.read_text()) == last
+    schema = Schema.load()
+    fxos = {"reason": "ftu", "appName": "FirefoxOS", "appUpdateChannel": "nightly", "appVersion": "31.0a1",
+            "appBuildID": "20140618000201", "submission_date": "20140618"}
+    assert schema.apply(fxos) == ("ftu", "FirefoxOS", "nightly", "31.0a1", "20140618000201", "20140618")
+    unified_main = {**fxos, "reason": "main", "appName": "Firefox", "appUpdateChannel": "release"}
+    assert schema.apply(unified_main)[:3] == ("main", "Firefox", "release")
+    assert schema.apply({**fxos, "reason": "activation"})[0] == OTHER
+
+
 @pytest.mark.parametrize("fixture", sorted(p.name for p in FIXTURES.glob("schema__*.json")))
 def test_every_original_schema_loads(fixture):
     assert Schema.load(FIXTURES / fixture).names
