@@ -22,6 +22,8 @@ from telemetry_core.errors import RecordError
 from telemetry_core.metrics.stats import snapshot
 from telemetry_core.records import Record
 from telemetry_core.schema import Schema
+from telemetry_core.convert.spec import HistogramSpec
+from telemetry_core.reduce.histograms import HistogramLookup
 from telemetry_core.store.process.decoder import convert, decode, serialize
 from telemetry_core.store.process.processor import Processor
 from telemetry_core.store.spool.files import SpoolReader
@@ -260,6 +262,21 @@ def test_unified_main_ping_converts_histograms_without_flattening(engine):
     assert len(payload["payload"]["histograms"]["OSFILE_WRITEATOMIC_JANK_MS"]) == 15
     assert payload["payload"]["keyedHistograms"]["SEARCH_COUNTS"]["google.searchbar"][:3] == [16, 0, 0]
     assert payload["payload"]["info"]["revision"] == UNIFIED_REVISION and payload["payload"]["ver"] == 4
+
+
+def test_jobs_get_bucket_bounds_of_unified_pings_flattened_or_not_keyed_included(engine):
+    lookup = HistogramLookup(engine)
+    main = unified_ping()
+    main["type"] = "main"
+    flattened = decoded(engine, json.dumps(unified_ping()).encode()).payload
+    main = decoded(engine, json.dumps(main).encode()).payload
+    jank = HistogramSpec(UNIFIED_DEFINITIONS).bounds("OSFILE_WRITEATOMIC_JANK_MS", bucket_count=10)
+    assert len(jank) == 10 and jank[-1] == 5000
+    for payload in (main, flattened):
+        bounds = lookup.bounds(json.loads(json.dumps(payload)))  # as a job reads it
+        assert bounds["OSFILE_WRITEATOMIC_JANK_MS"] == jank
+        assert bounds["SEARCH_COUNTS"] == (0, 1, 2) and bounds["SEARCH_DEFAULT_ENGINE"] == (0, 1, 2)
+    assert lookup.lookups == 1  # one revision, resolved once
 
 
 def test_other_unified_ping_types_are_stored_as_they_are_with_info(engine):

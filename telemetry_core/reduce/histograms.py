@@ -55,12 +55,39 @@ class HistogramLookup:
         return spec
 
     def bounds(self, payload: Mapping[str, Any]) -> dict[str, tuple[int, ...]]:
-        """Bucket lower bounds of every histogram of a stored (v2) payload that its
-        revision describes (see :func:`telemetry_core.convert.spec.record_bounds`)."""
-        histograms = payload.get("histograms")
-        if not isinstance(histograms, Mapping) or not histograms:
+        """Bucket lower bounds of every histogram of a stored payload that its revision
+        describes (see :func:`telemetry_core.convert.spec.record_bounds`).
+
+        Classic and flattened saved-session payloads keep their histograms at the
+        top level; a converted unified ``main`` ping keeps them in ``payload``
+        with the revision in ``payload.info``.  A keyed histogram's bounds are
+        those of every one of its keys' arrays.
+        """
+        holder, info = _histograms_and_info(payload)
+        arrays: dict[str, Any] = {}
+        keyed = holder.get("keyedHistograms")
+        if isinstance(keyed, Mapping):
+            for name, by_key in keyed.items():
+                if isinstance(by_key, Mapping):
+                    first = next((array for array in by_key.values() if isinstance(array, list)), None)
+                    if first is not None:
+                        arrays[name] = first
+        histograms = holder.get("histograms")
+        if isinstance(histograms, Mapping):
+            arrays.update(histograms)
+        if not arrays:
             return {}
-        return record_bounds(payload, self.spec(payload))
+        return record_bounds({"histograms": arrays}, self.spec(info))
+
+
+def _histograms_and_info(payload: Mapping[str, Any]) -> tuple[Mapping[str, Any], Mapping[str, Any]]:
+    """Where a stored payload keeps its histograms, and the ``info`` that names their revision."""
+    info = payload.get("info") if isinstance(payload.get("info"), Mapping) else {}
+    inner = payload.get("payload")
+    if ("ver" not in payload and isinstance(inner, Mapping) and isinstance(inner.get("info"), Mapping)
+            and ("histograms" in inner or "keyedHistograms" in inner)):
+        return inner, {**info, **inner["info"]}  # a converted unified ping that was not flattened
+    return payload, info
 
 
 @hookimpl
