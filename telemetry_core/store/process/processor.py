@@ -13,7 +13,8 @@ the crash-safe phases):
    :data:`DEDUP_CHUNK` at a time: each is decoded, converted, serialized
    and partitioned, the chunk's dedup decisions are made in one batch
    (:meth:`~telemetry_core.dedup.deduplicator.Deduplicator.decide_many`),
-   then each is stored in order;
+   then each is stored in order; the cyclic garbage collector is paused
+   while a chunk is processed and runs once after it (:mod:`.collector`);
 3. **compress** each work file with the configured codec;
 4. **publish** each compressed file, then the manifest
    ``_manifests/<node>/<seq>.json`` (records, bytes, checksum, source), each
