@@ -1,10 +1,10 @@
 """Inflating untrusted gzip with a hard bound on the output (gzip-bomb safe).
 
 A few kilobytes of gzip can inflate to gigabytes.  Both functions here
-inflate at most :data:`CHUNK` bytes at a time and stop as soon as the total
-passes ``limit``, so memory stays bounded by the limit (:func:`inflate`,
-which keeps the output) or by one chunk (:func:`check`, which counts and
-discards it), and time by the limit.
+stop as soon as the total passes ``limit``, so memory stays bounded by the
+limit (:func:`inflate`, which keeps the output and inflates each member at
+once, at most ``limit + 1`` bytes) or by one :data:`CHUNK` (:func:`check`,
+which counts and discards it), and time by the limit.
 
 Multi-member gzip (concatenated streams, valid per RFC 1952) is accepted;
 anything after the last member that is not another member is corruption.
@@ -12,6 +12,7 @@ anything after the last member that is not another member is corruption.
 
 from __future__ import annotations
 
+import sys
 import zlib
 
 __all__ = ["CHUNK", "GzipError", "check", "inflate"]
@@ -51,11 +52,13 @@ def inflate(data: bytes, limit: int) -> bytes:
 
     Raises :class:`GzipError` like :func:`check`.
     """
-    return b"".join(_pieces(data, limit))
+    # One piece for a whole member: the output is kept anyway, and zlib grows its
+    # buffer as it goes (nothing of ``limit`` is allocated up front).
+    return b"".join(_pieces(data, limit, min(limit + 1, sys.maxsize)))
 
 
-def _pieces(data: bytes, limit: int):
-    """Yield the inflated output in pieces of at most :data:`CHUNK` bytes."""
+def _pieces(data: bytes, limit: int, chunk: int = CHUNK):
+    """Yield the inflated output in pieces of at most ``chunk`` bytes."""
     if not data.startswith(_GZIP_MAGIC):
         raise GzipError("corrupt_gzip", "body is not gzip (no 1f 8b magic); send it with "
                                         "Content-Encoding: identity or compress it")
@@ -65,7 +68,7 @@ def _pieces(data: bytes, limit: int):
         inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
         try:
             while not inflater.eof:
-                piece = inflater.decompress(pending, CHUNK)
+                piece = inflater.decompress(pending, chunk)
                 pending = inflater.unconsumed_tail
                 if piece:
                     total += len(piece)

@@ -67,7 +67,7 @@ def telemetry_store_partition(record: Any, schema: Schema, node_id: str, seq: in
 def telemetry_store_record(record: Any, partition: str, batch: Any) -> None:
     if record.stored_json is None:
         raise RecordError("write_failed", "the record was not serialized before storing")
-    batch.append(partition, record.id.encode() + b"\t" + record.stored_json + b"\n")
+    batch.append(partition, b"".join((record.id.encode(), b"\t", record.stored_json, b"\n")))
 
 
 @hookimpl

@@ -13,7 +13,8 @@ the crash-safe phases):
    :data:`DEDUP_CHUNK` at a time: each is decoded, converted, serialized
    and partitioned, the chunk's dedup decisions are made in one batch
    (:meth:`~telemetry_core.dedup.deduplicator.Deduplicator.decide_many`),
-   then each is stored in order;
+   then each is stored in order; the cyclic garbage collector is paused
+   while a chunk is processed and runs once after it (:mod:`.collector`);
 3. **compress** each work file with the configured codec;
 4. **publish** each compressed file, then the manifest
    ``_manifests/<node>/<seq>.json`` (records, bytes, checksum, source), each
@@ -70,6 +71,7 @@ from ...interfaces import PublishConflict, PublishError
 from .manifests import Manifest, manifest_key
 from ...atomic_files import fsync_directory, write_json_atomically
 from .state import InstanceLock, WorkState, next_seq
+from .collector import paused_collector
 from .pending import PENDING_DIR, ParkedWriter, PendingArea, pending_key
 from ..local import sha256_of
 from .decoder import convert, decode, raw_record, serialize
@@ -505,18 +507,11 @@ class Processor:
         valid = invalid = 0
         try:
             for chunk in _chunks(reader, DEDUP_CHUNK):
-                prepared = [self._prepare(item, source.name, state.seq) for item in chunk]
-                self._decide(prepared)
-                for one in prepared:
-                    record_id, landed = self._land(one, source.name, batch, parked)
-                    if landed.startswith(f"{PENDING_DIR}/"):
-                        manifest.parked.append([one.item.offset, record_id, f"{landed}/{source.name}"])
-                        continue
-                    manifest.records.append([one.item.offset, record_id, landed])
-                    if landed.startswith("_invalid/"):
-                        invalid += 1
-                    else:
-                        valid += 1
+                with paused_collector():
+                    chunk_valid, chunk_invalid = self._process_chunk(chunk, source.name, state.seq, batch,
+                                                                     parked, manifest)
+                valid += chunk_valid
+                invalid += chunk_invalid
         except BaseException:
             batch.abort()
             parked.abort()
@@ -532,6 +527,25 @@ class Processor:
         write_json_atomically(work / MANIFEST_FILE, manifest.to_json())
         self.stats.spool_skipped_bytes += reader.stats.skipped_bytes
         return valid, invalid, len(manifest.parked)
+
+    def _process_chunk(self, chunk: list[Any], source_name: str, seq: int, batch: WorkBatch,
+                       parked: ParkedWriter, manifest: Manifest) -> tuple[int, int]:
+        """Prepare, decide and land one chunk of records; ``(valid, invalid)``.  The
+        chunk's records are freed when this returns (see :mod:`.collector`)."""
+        valid = invalid = 0
+        prepared = [self._prepare(item, source_name, seq) for item in chunk]
+        self._decide(prepared)
+        for one in prepared:
+            record_id, landed = self._land(one, source_name, batch, parked)
+            if landed.startswith(f"{PENDING_DIR}/"):
+                manifest.parked.append([one.item.offset, record_id, f"{landed}/{source_name}"])
+                continue
+            manifest.records.append([one.item.offset, record_id, landed])
+            if landed.startswith("_invalid/"):
+                invalid += 1
+            else:
+                valid += 1
+        return valid, invalid
 
     def _prepare(self, item: Any, source_name: str, seq: int) -> "_Prepared":
         """Decode, convert, serialize and partition one spooled submission; what

@@ -9,6 +9,7 @@ nothing here is visible to readers until the processor publishes.
 
 from __future__ import annotations
 
+import functools
 import os
 from collections import OrderedDict
 from pathlib import Path
@@ -39,7 +40,7 @@ class WorkBatch:
     def check_path(relative_path: str) -> str:
         """``relative_path`` when it stays inside the batch; else ``RecordError("write_failed")``."""
         try:
-            check_key(relative_path)
+            _safe_path(relative_path)
         except PublishError:
             raise RecordError("write_failed", f"a store plugin chose the unsafe path {relative_path!r}") from None
         return relative_path
@@ -77,3 +78,10 @@ class WorkBatch:
         for handle in self._open.values():
             handle.close()
         self._open.clear()
+
+
+@functools.lru_cache(maxsize=4096)
+def _safe_path(relative_path: str) -> str:
+    """:func:`~telemetry_core.store.local.check_key`, remembered for the paths that pass
+    (every record of a partition names the same one; an unsafe path is checked each time)."""
+    return check_key(relative_path)
