@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from telemetry_core.convert.stage import EXACT_URLS, SpecSource
 from telemetry_core.engine import Engine
 from telemetry_core.errors import RecordError
 from telemetry_core.metrics.stats import snapshot
@@ -51,6 +52,25 @@ def test_unknown_revision_offline_is_operational_not_a_bad_record(engine):
     payload["info"]["revision"] = "http://hg.mozilla.org/mozilla-central/rev/0123456789ab"
     with pytest.raises(HgwebError):
         convert(engine, record_of(payload))
+
+
+def test_a_revision_url_that_resolved_to_its_changeset_is_not_resolved_again(engine):
+    source = SpecSource(engine.config.get("convert.histograms"))
+    calls = []
+    resolve = source.resolver.resolve
+    source.resolver.resolve = lambda revision, info: calls.append(revision) or resolve(revision, info)
+    spec = source.spec(REVISION, {})
+    assert source.spec(REVISION, {}) is spec and calls == [REVISION]  # the second lookup: no parse, no resolve
+    same_changeset = REVISION.replace("http://", "https://")
+    assert source.spec(same_changeset, {}) is spec and calls == [REVISION, same_changeset]
+    for _ in range(2):  # a refused URL is refused every time, never remembered
+        with pytest.raises(RecordError) as refused:
+            source.spec("https://example.com/releases/mozilla-release/rev/a55c55edf302", {})
+        assert refused.value.category == "unknown_revision"
+    source.resolver.resolve = lambda revision, info: resolve(REVISION, info)  # every changeset: the seeded one
+    for n in range(EXACT_URLS + 10):  # remembered URLs are bounded
+        assert source.spec(f"http://hg.mozilla.org/releases/mozilla-release/rev/{n:012x}", {}) is spec
+    assert len(source.exact) == EXACT_URLS
 
 
 def test_missing_revision_is_a_record_error(engine):

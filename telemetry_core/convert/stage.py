@@ -40,6 +40,8 @@ from .revisions import parse_revision, revision_cache_from_options
 ADDON_MISMATCH = "addon_definition_mismatch"
 ADDON_UNKNOWN = "addon_definition_unknown"
 SPEC_CACHE_SIZE = 32
+#: Revision URLs remembered by :class:`SpecSource` (several URLs may name one changeset).
+EXACT_URLS = 256
 _EMPTY_SPEC = HistogramSpec({})
 
 
@@ -52,11 +54,25 @@ class SpecSource:
                                      history_ttl=options["history_ttl"],
                                      revision_lookup=options["revision_lookup"])
         self.specs: OrderedDict[str, HistogramSpec] = OrderedDict()
+        #: Revision URLs (as pings write them) that resolved to their own changeset: a
+        #: changeset's Histograms.json never changes, so they skip parsing and resolving.
+        self.exact: OrderedDict[str, HistogramSpec] = OrderedDict()
 
     def spec(self, revision: str | None, info: dict[str, Any]) -> HistogramSpec:
         if revision:
+            spec = self.exact.get(revision)
+            if spec is not None:
+                return spec
             self.allowlist.check(revision, parse_revision(revision))
         resolved = self.resolver.resolve(revision, info)
+        spec = self._built(resolved)
+        if revision and resolved.how == "revision":
+            self.exact[revision] = spec
+            if len(self.exact) > EXACT_URLS:
+                self.exact.popitem(last=False)
+        return spec
+
+    def _built(self, resolved: Any) -> HistogramSpec:
         key = str(resolved.revision)
         spec = self.specs.get(key)
         if spec is None:
