@@ -31,7 +31,7 @@ def test_shipped_default_config_is_valid_and_local_only():
     config = validate(read_config(REPO / "plugins.yaml"))
     assert config.get("store.publish.backend") == "local"
     assert config.get("dedup.backend") == "sqlite"
-    assert config.get("compress.codec") == "xz"
+    assert (config.get("compress.codec"), config.get("compress.level")) == ("zstd", 0)  # the measured default
     assert config.get("metrics.graphite") is None
     assert config["schema"] == str(REPO / "telemetry_schema.json")
     assert config["data_dir"] == str(REPO / "data")  # relative to the config file, not the cwd

@@ -168,5 +168,12 @@ def test_telemetry_run_with_the_embedded_default_accepts_the_fixture_ping(tmp_pa
         records = spool_records(node.data_dir)
         assert sorted((r.path, r.body) for r in records) == sorted((p, b) for p, b, _ in sent)
         assert all(before <= r.timestamp_ms <= after for r in records)
+        # as the README says: out converted, compressed (zstd) and published in data/archive once
+        # the spool file is 10 s old
+        deadline = time.monotonic() + 90
+        while not list((node.data_dir / "archive").rglob("*.zst")) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        published = [p.name for p in (node.data_dir / "archive").rglob("*.log.*")]
+        assert published and all(name.endswith(".log.zst") for name in published), published
     finally:
         assert node.stop(signal.SIGINT) == 0, node.log()
