@@ -7,10 +7,11 @@ from collections import Counter
 from typing import IO, Any, Iterator
 
 import click
+import orjson
 
 from .buckets import DefinitionError
 from ..errors import RecordError, TelemetryError
-from ..store.process.decoder import convert, decode, serialize
+from ..store.process.decoder import convert, decode
 from ..store.process.payload_text import loads_payload
 from ..records import Record
 from ..store.spool.framing import decode_records
@@ -36,7 +37,7 @@ def records_from(handle: IO[bytes], name: str, engine: Any) -> Iterator[Record |
             except RecordError as error:
                 yield error
         return
-    for number, line in enumerate(data.splitlines(), start=1):
+    for number, line in numbered_lines(data):
         if not line.strip():
             continue
         record_id, tab, body = line.partition(b"\t")
@@ -56,6 +57,34 @@ def records_from(handle: IO[bytes], name: str, engine: Any) -> Iterator[Record |
         record.payload = payload
         record.warnings.extend(warnings)
         yield record
+
+
+def numbered_lines(data: bytes) -> Iterator[tuple[int, bytes]]:
+    """``(number, line)`` for each line of ``data``, as ``enumerate(data.splitlines(), start=1)``
+    gives them, but one line at a time: splitting a large input at once costs more than
+    converting some of its records."""
+    if b"\r" in data:  # splitlines' other line break; rare in these inputs
+        yield from enumerate(data.splitlines(), start=1)
+        return
+    find, size, start, number = data.find, len(data), 0, 0
+    while start < size:
+        end = find(b"\n", start)
+        if end < 0:
+            end = size
+        number += 1
+        yield number, data[start:end]
+        start = end + 1
+
+
+def stored_json(record: Record) -> bytes:
+    """The converted payload as JSON bytes; :func:`~telemetry_core.store.process.decoder.serialize`'s
+    errors (``too_deep``, ``bad_payload``) without its ``body_hash``, which only de-duplication uses."""
+    try:
+        return orjson.dumps(record.payload)
+    except orjson.JSONEncodeError as exc:
+        message = " ".join(str(exc).split())[:300]
+        category = "too_deep" if "recursion" in message.lower() else "bad_payload"
+        raise RecordError(category, f"the converted payload cannot be stored as JSON: {message}") from None
 
 
 def _failed(record: Record, error: RecordError) -> RecordError:
@@ -90,12 +119,12 @@ def add_commands(cli: click.Group) -> None:
                     continue
                 try:
                     convert(engine, item)
-                    serialize(item)
+                    stored = stored_json(item)
                 except RecordError as error:
                     failures[error.category] += 1
                     click.echo(f"{item.source}: {error}", err=True)
                     continue
-                out.write(item.id.encode() + b"\t" + item.stored_json + b"\n")
+                out.write(item.id.encode() + b"\t" + stored + b"\n")
                 converted += 1
         out.flush()
         summary = ", ".join(f"{count} {category}" for category, count in sorted(failures.items()))
