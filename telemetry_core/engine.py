@@ -15,21 +15,24 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 
 import pluggy
 from greplin import scales
 
 from .config.loader import Config, RawConfig, read_config, validate
 from .errors import ConfigError, RecordError
-from .interfaces import (Codec, DedupBackend, Executor, HistogramSpec, InputSource, JobContext, JobSpec,
-                         Publisher, PublishedFile, RecordFilter, Route, Service, SpoolWriter, StoreBatch)
 from .config.logging_setup import configure_logging, set_node_id
 from .node import resolve_node_id
-from .config.options import Section
 from .plugins import BUILTIN_COMMANDS, DEFAULT_PLUGINS, PluginInfo, load_plugins, make_plugin_manager
-from .records import Decision, DedupKey, Record, Rejection, Submission, SubmissionPath
-from .schema import Schema
+from .records import Rejection
+
+if TYPE_CHECKING:  # pragma: no cover - imports for annotations only
+    from .config.options import Section
+    from .interfaces import (Codec, DedupBackend, Executor, HistogramSpec, InputSource, JobContext, JobSpec,
+                             Publisher, PublishedFile, RecordFilter, Route, Service, SpoolWriter, StoreBatch)
+    from .records import Decision, DedupKey, Record, Submission, SubmissionPath
+    from .schema import Schema
 
 log = logging.getLogger(__name__)
 
@@ -142,6 +145,8 @@ class Engine:
     def schema(self) -> Schema:
         """The dimension schema named by ``schema`` (or the packaged one)."""
         if self._schema is None:
+            from .schema import Schema
+
             self._schema = Schema.load(self.config["schema"])
         return self._schema
 
