@@ -11,25 +11,21 @@ from __future__ import annotations
 
 import json
 import logging
-import signal
 import sys
-import threading
-import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
-import yaml
 
 from . import __version__
-from .catalog import hook_descriptions
-from .engine import Engine
 from .errors import ConfigError, PluginLoadError, TelemetryError
 from .commands import (EXIT_CONFIG, EXIT_CRASH_LOOP, EXIT_FAILED, EXIT_PLUGIN, check_services, config_options, fail,
                        finish, load_engine, profile_option)
+from .engine import Engine
+from .plugins import BUILTIN_COMMANDS
 from .redaction import REDACTED, has_userinfo
-from .supervision import RestartPolicy, ServiceSupervisor
-from .metrics.heartbeat import NodeMonitor
-from .metrics.stats import add_families, read_snapshots, render_families
+
+if TYPE_CHECKING:  # pragma: no cover - imports for annotations only
+    from .supervision import ServiceSupervisor
 
 log = logging.getLogger(__name__)
 
@@ -39,9 +35,12 @@ class TelemetryGroup(click.Group):
     """The top-level group; plugins' commands are added when a command is looked up.
 
     The command's own ``--config``/``--set`` are read first, so the plugins a
-    config disables are never imported, by any command (the engine's
-    :meth:`~telemetry_core.engine.Engine.discover_commands`).  ``telemetry
-    --help`` lists the commands of the default selection.
+    config disables are never imported, by any command
+    (:meth:`~telemetry_core.engine.Engine.discover_commands`).  Third-party plugins
+    add their commands then; a built-in plugin is imported only when one of
+    its commands runs (or shows its own help): ``telemetry --help`` lists the
+    built-in commands of the default selection from
+    :data:`~telemetry_core.plugins.BUILTIN_COMMANDS`.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -49,6 +48,7 @@ class TelemetryGroup(click.Group):
         self._own_commands: set[str] | None = None
         self._selection: tuple[str | None, tuple[str, ...]] | None = None
         self._arguments: list[str] = []
+        self._builtins: dict[str, str] = {}  # built-in command -> its plugin, for the selection
 
     def _own(self) -> set[str]:
         """The commands defined in this module (known once every decorator ran)."""
@@ -63,7 +63,7 @@ class TelemetryGroup(click.Group):
         for name in set(self.commands) - self._own():  # another selection's commands
             del self.commands[name]
         self._selection = selection
-        Engine.discover_commands(cli=self, path=selection[0], overrides=selection[1])
+        self._builtins = Engine.discover_commands(cli=self, path=selection[0], overrides=selection[1])
 
     def resolve_command(self, ctx: click.Context, args: list[str]) -> Any:
         self._arguments = list(args[1:])
@@ -74,12 +74,20 @@ class TelemetryGroup(click.Group):
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         self._load_plugin_commands()
-        return super().list_commands(ctx)
+        return sorted({*self.commands, *self._builtins})
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
         if cmd_name not in self._own():
             self._load_plugin_commands()
+            if cmd_name not in self.commands and cmd_name in self._builtins:
+                Engine.add_builtin_commands(cli=self, plugin=self._builtins[cmd_name])
         return super().get_command(ctx, cmd_name)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """Click's command list, where a built-in command that is not imported shows its table entry."""
+        self._load_plugin_commands()
+        listed = {name: click.Command(name, help=BUILTIN_COMMANDS[name][1]) for name in self._builtins}
+        click.Group.format_commands(click.Group(commands={**listed, **self.commands}), ctx, formatter)
 
 
 def config_selection(arguments: list[str]) -> tuple[str | None, tuple[str, ...]]:
@@ -129,6 +137,9 @@ def run(config_path: str | None, overrides: tuple[str, ...], duration: float | N
     config, 4 if a service is in a crash loop (supervise.crash_loop_restarts
     restarts within supervise.crash_loop_window_s).
     """
+    from .metrics.heartbeat import NodeMonitor
+    from .supervision import RestartPolicy, ServiceSupervisor
+
     engine = load_engine(config_path, overrides)
     log.info("node %s starting, data in %s", engine.node_id, engine.config.data_dir)
     engine.startup(command="run")
@@ -156,6 +167,10 @@ def run(config_path: str | None, overrides: tuple[str, ...], duration: float | N
 
 def _wait(supervisor: ServiceSupervisor, duration: float | None) -> str | None:
     """Supervise until a signal or the duration (``None``), or a crash loop (its reason)."""
+    import signal
+    import threading
+    import time
+
     stop = threading.Event()
     previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGTERM, signal.SIGINT)}
     deadline = None if duration is None else time.monotonic() + duration
@@ -193,6 +208,8 @@ def plugins(config_path: str | None, overrides: tuple[str, ...], as_json: bool) 
                                             "compress", "reduce"]), help="Only this stage's hooks.")
 def hooks(stage: str | None) -> None:
     """List every hook spec with its arguments and one-line summary."""
+    from .catalog import hook_descriptions
+
     for hook in hook_descriptions():
         if stage and hook.stage != stage:
             continue
@@ -238,6 +255,8 @@ def _flatten(node: Any, prefix: str = "") -> list[tuple[str, Any]]:
 @click.option("--format", "fmt", type=click.Choice(["yaml", "json"]), default="yaml", show_default=True)
 def config_show(config_path: str | None, overrides: tuple[str, ...], fmt: str) -> None:
     """Print the effective config with every default; secrets print as ***."""
+    import yaml
+
     engine = load_engine(config_path, overrides)
     data = engine.config.redacted()
     if fmt == "json":
@@ -258,6 +277,8 @@ def metrics(config_path: str | None, overrides: tuple[str, ...], fmt: str, comma
     Long-running services serve live metrics at /status and /metrics; this
     command is for one-shot processes (telemetry process --once, mapreduce).
     """
+    from .metrics.stats import add_families, read_snapshots, render_families
+
     engine = load_engine(config_path, overrides)
     directory = engine.config.data_dir / "metrics"
     documents = [d for d in read_snapshots(directory) if command_name in (None, d.get("command"))]

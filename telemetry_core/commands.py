@@ -20,21 +20,19 @@ up on a service that kept dying.
 
 from __future__ import annotations
 
-import cProfile
 import functools
-import glob
 import logging
 import os
 import sys
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import click
 
-from . import profiling
-from .engine import Engine
 from .errors import ConfigError, PluginLoadError
-from .metrics.stats import write_snapshot
 from .redaction import redact
+
+if TYPE_CHECKING:  # pragma: no cover - imports for annotations only
+    from .engine import Engine
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +62,11 @@ def profile_option(function: Callable[..., Any]) -> Callable[..., Any]:
     def wrapper(*args: Any, profile_path: str | None, **kwargs: Any) -> Any:
         if profile_path is None:
             return function(*args, **kwargs)
+        import cProfile
+        import glob
+
+        from . import profiling
+
         target = os.path.abspath(profile_path)
         for stale in glob.glob(glob.escape(target) + ".*.prof"):
             os.unlink(stale)
@@ -93,6 +96,8 @@ def fail(message: str, code: int) -> None:
 
 def load_engine(config_path: str | None, overrides: tuple[str, ...]) -> Engine:
     """Build the engine for a command, turning load errors into one-line exits."""
+    from .engine import Engine
+
     try:
         return Engine.from_config(config_path, overrides)
     except PluginLoadError as exc:
@@ -115,6 +120,8 @@ def check_services(services: list[Any]) -> None:
 
 def finish(engine: Engine, command: str) -> None:
     """Shutdown hooks, then a metrics snapshot for ``telemetry metrics``."""
+    from .metrics.stats import write_snapshot
+
     engine.shutdown(command=command)
     if engine.config.get("metrics.snapshot"):
         try:

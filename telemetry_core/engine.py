@@ -15,21 +15,24 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 
 import pluggy
 from greplin import scales
 
 from .config.loader import Config, RawConfig, read_config, validate
 from .errors import ConfigError, RecordError
-from .interfaces import (Codec, DedupBackend, Executor, HistogramSpec, InputSource, JobContext, JobSpec,
-                         Publisher, PublishedFile, RecordFilter, Route, Service, SpoolWriter, StoreBatch)
 from .config.logging_setup import configure_logging, set_node_id
 from .node import resolve_node_id
-from .config.options import Section
-from .plugins import DEFAULT_PLUGINS, PluginInfo, load_plugins, make_plugin_manager
-from .records import Decision, DedupKey, Record, Rejection, Submission, SubmissionPath
-from .schema import Schema
+from .plugins import BUILTIN_COMMANDS, DEFAULT_PLUGINS, PluginInfo, load_plugins, make_plugin_manager
+from .records import Rejection
+
+if TYPE_CHECKING:  # pragma: no cover - imports for annotations only
+    from .config.options import Section
+    from .interfaces import (Codec, DedupBackend, Executor, HistogramSpec, InputSource, JobContext, JobSpec,
+                             Publisher, PublishedFile, RecordFilter, Route, Service, SpoolWriter, StoreBatch)
+    from .records import Decision, DedupKey, Record, Submission, SubmissionPath
+    from .schema import Schema
 
 log = logging.getLogger(__name__)
 
@@ -142,6 +145,8 @@ class Engine:
     def schema(self) -> Schema:
         """The dimension schema named by ``schema`` (or the packaged one)."""
         if self._schema is None:
+            from .schema import Schema
+
             self._schema = Schema.load(self.config["schema"])
         return self._schema
 
@@ -176,16 +181,20 @@ class Engine:
 
     @staticmethod
     def discover_commands(*, cli: Any, path: str | os.PathLike[str] | None,
-                          overrides: Iterable[str] = ()) -> list[PluginInfo]:
-        """Let the plugins that config ``path`` (+ ``--set`` overrides) selects add
-        their commands to ``cli``, before any command runs.
+                          overrides: Iterable[str] = ()) -> dict[str, str]:
+        """Let the third-party plugins that config ``path`` (+ ``--set`` overrides)
+        selects add their commands to ``cli`` (``telemetry_register_commands``),
+        before any command runs, and return the selection's built-in commands
+        (:data:`~telemetry_core.plugins.BUILTIN_COMMANDS`) that no third-party
+        command replaces, as ``{command: plugin}``.  No built-in is imported
+        here: :meth:`add_builtin_commands` does that for a command that runs.
 
         ``plugins.disabled`` holds here as everywhere: a disabled plugin is never
-        imported.  A plugin that fails to load adds no command and is reported
-        (logged as an error naming it and its distribution); the command that
-        then loads the engine reports it again with its exit code.  A config
-        that cannot be read loads the built-ins only (no third-party code), and
-        the command itself then reports the config error.
+        imported and its commands are not offered.  A plugin that fails to load
+        adds no command and is reported (logged as an error naming it and its
+        distribution); the command that then loads the engine reports it again
+        with its exit code.  A config that cannot be read loads no third-party
+        code, and the command itself then reports the config error.
         """
         try:
             disabled, load, _ = read_config(path, overrides).plugin_selection()
@@ -194,9 +203,28 @@ class Engine:
             disabled, load, entry_points = [], [], False
         pm = make_plugin_manager()
         infos = load_plugins(pm, disabled=disabled, load=load, skip_broken=True, entry_points=entry_points,
-                             broken_note="its commands are not available")
+                             import_builtins=False, broken_note="its commands are not available")
         pm.hook.telemetry_register_commands(cli=cli)
-        return infos
+        off = {info.name for info in infos if info.status == "disabled"}
+        return {command: plugin for command, (plugin, _) in BUILTIN_COMMANDS.items()
+                if plugin not in off and command not in cli.commands}
+
+    @staticmethod
+    def add_builtin_commands(*, cli: Any, plugin: str) -> None:
+        """Import the built-in ``plugin`` and add its commands to ``cli``
+        (``telemetry_register_commands``), keeping any command of the same name
+        a third-party plugin added.  A built-in that fails to load adds no
+        command and is logged."""
+        import click
+
+        pm = make_plugin_manager()
+        load_plugins(pm, entry_points=False, skip_broken=True, builtins=[(plugin, dict(DEFAULT_PLUGINS)[plugin])],
+                     broken_note="its commands are not available")
+        commands = click.Group()
+        pm.hook.telemetry_register_commands(cli=commands)
+        for name, command in commands.commands.items():
+            if name not in cli.commands:
+                cli.add_command(command, name)
 
     # ------------------------------------------------------------------ receive
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import re
-import secrets
 import socket
 from pathlib import Path
 
@@ -25,6 +24,8 @@ def resolve_node_id(configured: str, data_dir: Path) -> str:
     if existing:
         return existing
     data_dir.mkdir(parents=True, exist_ok=True)
+    import secrets
+
     candidate = f"{_host_part()}-{secrets.token_hex(3)}"
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)

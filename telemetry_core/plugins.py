@@ -75,6 +75,32 @@ DEFAULT_PLUGINS: tuple[tuple[str, str], ...] = (
     ("reduce.command", "telemetry_core.reduce.command"),
 )
 
+#: The commands the built-in plugins add (``telemetry_register_commands``):
+#: ``command -> (plugin, one-line help)``.  ``telemetry --help`` lists them from
+#: here, so listing imports no built-in plugin; a built-in is imported when
+#: one of its commands is looked up to run it
+#: (:meth:`~telemetry_core.engine.Engine.add_builtin_commands`).
+#: A test checks this table against what the plugins register.
+BUILTIN_COMMANDS: dict[str, tuple[str, str]] = {
+    "bench": ("receive.edge", "Benchmarks and load generators."),
+    "convert": ("convert.histograms", "Convert classic payloads to v2 lines on stdout."),
+    "dedup": ("dedup.check", "De-duplication of idle-daily and saved-session pings (docs/dedup.md)."),
+    "doctor": ("ops.doctor", "Check this node's health: config, disk, spool backlog, clock, S3, Redis, "
+                             "Histograms.json, Spark."),
+    "histograms": ("convert.histograms", "Inspect Histograms.json revisions."),
+    "mapreduce": ("reduce.command", "Run a MapReduce job over stored telemetry (docs/mapreduce.md)."),
+    "policy": ("store.s3_policy", "The S3 archive's data access policy: lifecycle, bucket policy, encryption."),
+    "process": ("store.process", "Process spool files into compressed, published, partitioned files."),
+    "reconcile": ("store.process", "Prove every acknowledged submission is published, quarantined with a "
+                                   "reason, or parked."),
+    "replay": ("store.replay", "Send quarantined records (_invalid/) through the processor again, once the "
+                               "cause is fixed."),
+    "report": ("reduce.command", "Draw a histogram MapReduce job's output as bar charts, one per histogram, "
+                                 "in one HTML page."),
+    "retention": ("ops.retention", "Retention of local data (the S3 side is telemetry policy apply)."),
+    "serve": ("receive.edge", "Run only the HTTP edge until SIGTERM/SIGINT."),
+}
+
 #: Built-ins a node cannot work without, and the hooks a replacement must
 #: implement before one of them may be named in ``plugins.disabled``.
 ESSENTIAL_PLUGINS: dict[str, tuple[str, ...]] = {
@@ -115,13 +141,16 @@ def make_plugin_manager(monitor: HookCallMonitor | None = None) -> pluggy.Plugin
 
 def load_plugins(pm: pluggy.PluginManager, *, disabled: Iterable[str] = (), load: Iterable[str] = (),
                  skip_broken: bool = False, entry_points: bool = True,
-                 builtins: Iterable[tuple[str, str] | str] = DEFAULT_PLUGINS,
+                 builtins: Iterable[tuple[str, str] | str] = DEFAULT_PLUGINS, import_builtins: bool = True,
                  broken_note: str = "skipped because plugins.skip_broken is true") -> list[PluginInfo]:
     """Load every plugin in the documented order and return what happened to each.
 
     ``builtins`` holds ``(name, "module[:Class]")`` pairs (a bare module name
     is registered under itself).  Raises :class:`~telemetry_core.errors.ConfigError`
     when ``disabled`` names an essential built-in that no loaded plugin replaces.
+    With ``import_builtins=False`` only the third-party plugins are loaded: the
+    built-ins' names are still reserved and the disabled ones listed as such, but
+    none is imported (and the essentials are not checked).
     """
     builtins = tuple((entry, entry) if isinstance(entry, str) else entry for entry in builtins)
     disabled = _plugin_names(disabled, builtins)
@@ -133,7 +162,9 @@ def load_plugins(pm: pluggy.PluginManager, *, disabled: Iterable[str] = (), load
         for entry_point in metadata.entry_points(group=hookspecs.PROJECT_NAME):
             loader.entry_point(entry_point)
     for name, target in builtins:
-        loader.module(target, name=name, source="builtin", distribution=BUILTIN_DISTRIBUTION, version=__version__)
+        if import_builtins or name in loader.disabled:
+            loader.module(target, name=name, source="builtin", distribution=BUILTIN_DISTRIBUTION,
+                          version=__version__)
     for spec in load:
         loader.configured(spec)
     loader.check_pending()
@@ -141,7 +172,8 @@ def load_plugins(pm: pluggy.PluginManager, *, disabled: Iterable[str] = (), load
     for name in disabled:
         if name not in known:
             log.warning("plugins.disabled names %r, but no such plugin is installed or built in", name)
-    _check_essentials(pm, disabled, {name for name, _ in builtins})
+    if import_builtins:
+        _check_essentials(pm, disabled, {name for name, _ in builtins})
     for info in loader.infos:
         if info.status == "loaded":
             info.hooks = sorted(caller.name for caller in pm.get_hookcallers(info.plugin) or ())

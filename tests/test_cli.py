@@ -12,13 +12,14 @@ import sys
 import time
 from pathlib import Path
 
+import click
 import pytest
 import yaml
 from click.testing import CliRunner
 
 from telemetry_core.catalog import hook_descriptions
 from telemetry_core.cli import cli
-from telemetry_core.plugins import DEFAULT_PLUGINS
+from telemetry_core.plugins import BUILTIN_COMMANDS, DEFAULT_PLUGINS, load_plugins
 
 from plugin_dists import make_dist
 
@@ -213,6 +214,38 @@ def test_run_with_no_services_says_so(config):
 def test_metrics_without_snapshots(config):
     result = run_cli(["metrics", "--config", str(config)])
     assert result.returncode == 1 and "no metrics snapshots" in result.stderr
+
+
+def test_builtin_command_table_matches_what_the_builtins_register(pm):
+    """``telemetry --help`` lists the built-ins' commands from BUILTIN_COMMANDS without importing them."""
+    load_plugins(pm, entry_points=False)
+    registered = {}
+    for plugin in pm.get_plugins():
+        if not hasattr(plugin, "telemetry_register_commands"):
+            continue
+        group = click.Group()
+        plugin.telemetry_register_commands(cli=group)
+        for name, command in group.commands.items():
+            registered[name] = (pm.get_name(plugin), command.get_short_help_str(10 ** 6))
+    assert registered == BUILTIN_COMMANDS
+
+
+def test_help_lists_every_command_and_imports_no_builtin_plugin():
+    script = ("import json, sys\nfrom click.testing import CliRunner\nfrom telemetry_core.cli import cli\n"
+              "output = CliRunner().invoke(cli, ['--help'], terminal_width=300, max_content_width=300).output\n"
+              "print(json.dumps([output, sorted(sys.modules)]))\n")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True)
+    listing, imported = json.loads(result.stdout)
+    for name, (_plugin, summary) in BUILTIN_COMMANDS.items():
+        assert f"  {name}  " in listing and summary in listing
+    assert {target.partition(":")[0] for _name, target in DEFAULT_PLUGINS}.isdisjoint(imported)
+
+
+def test_a_disabled_builtins_commands_are_not_offered(config):
+    disabled = run_cli(["doctor", "--config", str(config), "--set", "plugins.disabled=[ops.doctor]"])
+    assert disabled.returncode == 2 and "No such command 'doctor'" in disabled.stderr
+    enabled = run_cli(["doctor", "--help", "--config", str(config)])
+    assert enabled.returncode == 0 and "Check this node's health" in enabled.stdout
 
 
 def test_version():

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from telemetry_core.convert.commands import numbered_lines, stored_json
 from telemetry_core.convert.stage import EXACT_URLS, SpecSource
 from telemetry_core.engine import Engine
 from telemetry_core.errors import RecordError
@@ -164,3 +165,27 @@ def test_histograms_show(telemetry_cli, tmp_path):
     assert bounds.stdout.split()[:5] == [b"0", b"1", b"2", b"3", b"4"]
     missing = run(telemetry_cli, "histograms", "show", "--set", f"data_dir={tmp_path}", REVISION, "NOPE")
     assert missing.returncode == 1 and b"NOPE is not defined" in missing.stderr
+
+
+@pytest.mark.parametrize("data", [b"", b"\n", b"a", b"a\n", b"a\nb", b"a\n\nb\n", b"\n\na\t{}\n \n",
+                                  b"a\r\nb\rc\n", b"a\rb", b"a\n\r\n"])
+def test_convert_command_numbers_lines_as_splitlines_does(data):
+    assert list(numbered_lines(data)) == list(enumerate(data.splitlines(), start=1))
+
+
+def nested(depth):
+    payload = {}
+    for _ in range(depth):
+        payload = {"x": payload}
+    return payload
+
+
+@pytest.mark.parametrize("payload, category", [({"x": {1, 2}}, "bad_payload"), ({"x": "\ud800"}, "bad_payload"),
+                                               (nested(300), "too_deep")])
+def test_convert_command_refuses_what_cannot_be_stored_as_serialize_does(payload, category):
+    with pytest.raises(RecordError) as mine:
+        stored_json(record_of(payload))
+    with pytest.raises(RecordError) as theirs:
+        serialize(record_of(payload))
+    assert (mine.value.category, str(mine.value)) == (theirs.value.category, str(theirs.value)) == \
+        (category, str(theirs.value))

@@ -24,8 +24,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
-import yaml
-
 from .keys import CORE_SCHEMA
 from ..errors import ConfigError
 from ..redaction import REDACTED, redact_mapping
@@ -35,37 +33,6 @@ from .options import Option, Section
 MAX_CONFIG_BYTES = 1 << 20
 SET_SOURCE = "--set"
 _VAR = re.compile(r"\$(\$|\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\})")
-
-
-class _StrictLoader(yaml.SafeLoader):
-    """SafeLoader that refuses duplicate keys and anchors/aliases.
-
-    Aliases are refused because a few nested ones expand into billions of
-    nodes when the tree is walked (the "billion laughs" attack).
-    """
-
-    def compose_node(self, parent, index):  # noqa: D401 - PyYAML API
-        if self.check_event(yaml.AliasEvent):
-            event = self.peek_event()
-            raise yaml.constructor.ConstructorError(
-                None, None, "YAML aliases (*name) are not allowed in telemetry configs; repeat the value",
-                event.start_mark)
-        node = super().compose_node(parent, index)
-        if getattr(node, "anchor", None) is not None:
-            raise yaml.constructor.ConstructorError(
-                None, None, "YAML anchors (&name) are not allowed in telemetry configs", node.start_mark)
-        return node
-
-    def construct_mapping(self, node, deep=False):
-        seen: set[Any] = set()
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=True)
-            if key in seen:
-                raise yaml.constructor.ConstructorError(
-                    "while constructing a mapping", node.start_mark,
-                    f"duplicate key {key!r}", key_node.start_mark)
-            seen.add(key)
-        return super().construct_mapping(node, deep=deep)
 
 
 @dataclass
@@ -208,9 +175,11 @@ def _parse_file(path: Path) -> dict[str, Any]:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise ConfigError(f"not UTF-8 text (byte {exc.start})", source=source) from None
+    from . import strict_yaml
+
     try:
-        data = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
-    except yaml.YAMLError as exc:
+        data = strict_yaml.load(text)
+    except strict_yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{source}:{mark.line + 1}:{mark.column + 1}" if mark else source
         problem = getattr(exc, "problem", None) or str(exc)
@@ -228,9 +197,11 @@ def parse_override(assignment: str) -> tuple[str, Any]:
     key = key.strip()
     if not sep or not key or any(not part for part in key.split(".")):
         raise ConfigError(f"{assignment!r} is not of the form dotted.key=value", source=SET_SOURCE)
+    from . import strict_yaml
+
     try:
-        value = yaml.load(text, Loader=_StrictLoader) if text.strip() else ""  # noqa: S506
-    except yaml.YAMLError as exc:
+        value = strict_yaml.load(text) if text.strip() else ""
+    except strict_yaml.YAMLError as exc:
         problem = getattr(exc, "problem", None) or str(exc)
         raise ConfigError(f"value is not valid YAML: {' '.join(str(problem).split())}",
                           source=SET_SOURCE, key=key) from None

@@ -10,7 +10,6 @@ Every log record carries ``node_id``, so dictConfig formats can use
 from __future__ import annotations
 
 import logging
-import logging.config
 from typing import Any
 
 from ..errors import ConfigError
@@ -51,8 +50,10 @@ def configure_logging(section: dict[str, Any], source: str = "config") -> None:
     """Apply the ``logging:`` section."""
     logging.setLogRecordFactory(_record_factory)
     if "version" in section:
+        from logging.config import dictConfig
+
         try:
-            logging.config.dictConfig(section)
+            dictConfig(section)
         except (ValueError, TypeError, AttributeError, ImportError) as exc:
             raise ConfigError(f"invalid dictConfig: {' '.join(str(exc).split())}", source=source,
                               key="logging") from None

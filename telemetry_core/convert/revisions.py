@@ -50,8 +50,9 @@ from ..errors import RecordError, TelemetryError
 if TYPE_CHECKING:
     import requests
 
-# requests and urllib3 (~0.05 s to import) are imported by _import_requests() when an
-# HgwebClient is made, not with this module: every command loads it.
+# requests and urllib3 (~0.05 s to import) are imported by _import_requests() on an
+# HgwebClient's first GET, not with this module (every command loads it) nor when the
+# client is made (most runs find every revision they need in the cache).
 requests: Any = None  # noqa: F811 - the runtime binding of the name typed above
 HTTPAdapter: Any = None
 Retry: Any = None
@@ -341,7 +342,6 @@ class HgwebClient:
 
     def __init__(self, server: str, *, connect_timeout: float, read_timeout: float, retries: int,
                  backoff: float, max_bytes: int) -> None:
-        _import_requests()
         self.server = server.rstrip("/")
         self.timeout = (connect_timeout, read_timeout)
         self.retries = retries
@@ -362,6 +362,7 @@ class HgwebClient:
         :raises HgwebError: connection refused, timeouts, server errors after
             the retries, any other status, a truncated or oversized body.
         """
+        _import_requests()  # on the first GET: most runs find every revision in the cache
         session = self._session_for_this_process()
         try:
             with session.get(url, timeout=self.timeout, stream=True) as response:

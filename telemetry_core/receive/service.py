@@ -17,7 +17,6 @@ The endpoints, status codes and limits are in ``docs/receive.md``.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import signal
 import sys
@@ -93,6 +92,8 @@ def telemetry_register_commands(cli: click.Group) -> None:
     def bench_edge(url: str, connections: int, duration: float, request_count: int | None, body_bytes: int,
                    compress: bool, batch: int, ping: str | None, as_json: bool) -> None:
         """Send realistic submissions to an edge and report req/s, MB/s, latency percentiles and errors."""
+        import asyncio
+
         from .bench import generate_load, ping_bodies, read_ping, synthetic_ping
 
         parts = urlsplit(url)
