@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from telemetry_core.convert.commands import numbered_lines, stored_json
+from telemetry_core.convert.commands import numbered_lines
 from telemetry_core.convert.stage import EXACT_URLS, SpecSource
 from telemetry_core.engine import Engine
 from telemetry_core.errors import RecordError
 from telemetry_core.metrics.stats import snapshot
-from telemetry_core.store.process.decoder import convert, serialize
+from telemetry_core.store.process.decoder import convert, serialize, stored_json
 from telemetry_core.records import Record
 from telemetry_core.store.spool.files import SpoolReader
 

@@ -9,11 +9,10 @@ from collections import Counter
 from typing import IO, Any, Iterator
 
 import click
-import orjson
 
 from .buckets import DefinitionError
 from ..errors import RecordError, TelemetryError
-from ..store.process.decoder import convert, decode
+from ..store.process.decoder import convert, decode, stored_json
 from ..store.process.payload_text import loads_payload
 from ..records import Record
 from ..store.spool.framing import decode_records
@@ -77,17 +76,6 @@ def numbered_lines(data: bytes) -> Iterator[tuple[int, bytes]]:
         number += 1
         yield number, data[start:end]
         start = end + 1
-
-
-def stored_json(record: Record) -> bytes:
-    """The converted payload as JSON bytes; :func:`~telemetry_core.store.process.decoder.serialize`'s
-    errors (``too_deep``, ``bad_payload``) without its ``body_hash``, which only de-duplication uses."""
-    try:
-        return orjson.dumps(record.payload)
-    except orjson.JSONEncodeError as exc:
-        message = " ".join(str(exc).split())[:300]
-        category = "too_deep" if "recursion" in message.lower() else "bad_payload"
-        raise RecordError(category, f"the converted payload cannot be stored as JSON: {message}") from None
 
 
 @contextlib.contextmanager

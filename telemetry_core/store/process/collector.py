@@ -14,8 +14,9 @@ keeps it off), then runs one young-generation pass over what the chunk
 left: a cycle made while processing (an exception and its traceback, say)
 is freed as soon as its chunk is done, so memory stays flat however large
 the file.  (Without that pass the collector would wait for 700 *net* new
-objects, and a chunk frees nearly all it allocates.)  Threads share the collector: a count of the chunks in
-progress turns it back on only when the last one ends.
+objects, and a chunk frees nearly all it allocates.)  Threads share the
+collector: a count of the chunks in progress turns it back on only when the
+last one ends.
 """
 
 from __future__ import annotations

@@ -129,17 +129,22 @@ def convert(engine: Any, record: Record) -> None:
     record.warnings.extend(engine.convert_payload(record=record, spec=spec))
 
 
-def serialize(record: Record) -> None:
-    """Serialize the payload once: ``stored_json`` and its ``body_hash`` (blake2b-128).
+def stored_json(record: Record) -> bytes:
+    """The converted payload as the JSON bytes that are stored.
 
     A payload the convert hooks left unserializable (nested past JSON's
     limit, a string with a lone surrogate, a value of a type JSON has no
     form for) is a :class:`RecordError`: ``too_deep`` or ``bad_payload``."""
     try:
-        stored = orjson.dumps(record.payload)
+        return orjson.dumps(record.payload)
     except orjson.JSONEncodeError as exc:
         message = " ".join(str(exc).split())[:300]
         category = "too_deep" if "recursion" in message.lower() else "bad_payload"
         raise RecordError(category, f"the converted payload cannot be stored as JSON: {message}") from None
-    record.stored_json = stored
+
+
+def serialize(record: Record) -> None:
+    """Serialize the payload once: ``stored_json`` (:func:`stored_json`) and its
+    ``body_hash`` (blake2b-128), which de-duplication uses."""
+    stored = record.stored_json = stored_json(record)
     record.body_hash = hashlib.blake2b(stored, digest_size=16).hexdigest()
